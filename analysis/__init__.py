@@ -1,0 +1,1 @@
+"""normstudy analysis: the stability report read back from MLflow."""

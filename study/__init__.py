@@ -1,0 +1,1 @@
+"""normstudy: the study driver (spec, runner, MLflow tracking, CLI)."""

@@ -1,0 +1,1 @@
+"""normstudy trainers: schemes, models, data, the training loop and the divergence monitor."""

@@ -1,0 +1,12 @@
+"""Normalization schemes. Adding one: a new module that ``@register``s a ``NormScheme``, and one import here."""
+
+from trainers.norms.base import NormScheme, SchemeOptions
+from trainers.norms.registry import create, get, names, register
+
+# The registry: one line a scheme (importing the module registers it).
+from trainers.norms import bn  # noqa: E402,F401  Ioffe & Szegedy 2015
+from trainers.norms import wn  # noqa: E402,F401  Salimans & Kingma 2016
+from trainers.norms import normprop  # noqa: E402,F401  Arpit et al. 2016
+from trainers.norms import wn_trelu  # noqa: E402,F401  Xiang & Li 2017
+
+__all__ = ["NormScheme", "SchemeOptions", "create", "get", "names", "register"]

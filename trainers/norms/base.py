@@ -1,0 +1,87 @@
+"""The contract every normalization scheme fulfils, and the layers several schemes share.
+
+A scheme tells the ResNet builder how to make each conv, norm, activation and the classifier, and may
+run a data-dependent initialization on the first batch. Options (e.g. WN's ``init_scale``) are a
+pydantic model per scheme, so a misspelt option fails with the scheme's name and the option's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+
+class SchemeOptions(BaseModel):
+    """Options every scheme accepts; schemes subclass this to add their own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class NormScheme:
+    """Base scheme: plain convs, no normalization, ReLU. Subclasses override what they change."""
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    Options: ClassVar[type[SchemeOptions]] = SchemeOptions
+    # True when the scheme's forward uses batch statistics in training (a sample depends on its batch).
+    uses_batch_statistics: ClassVar[bool] = False
+    # The search-space family in search_spaces/ (e.g. WN-like schemes share one).
+    search_family: ClassVar[str] = "default"
+    # True when the scheme has an init scale the stability grid should sweep.
+    has_init_scale: ClassVar[bool] = False
+
+    def __init__(self, **options: Any) -> None:
+        self.options = self.validate_options(options)
+
+    @classmethod
+    def validate_options(cls, options: dict[str, Any]) -> SchemeOptions:
+        try:
+            return cls.Options(**options)
+        except ValidationError as err:
+            e = err.errors()[0]
+            field = ".".join(str(p) for p in e["loc"])
+            if e["type"] == "extra_forbidden":
+                valid = ", ".join(cls.Options.model_fields) or "none"
+                raise ValueError(f"schemes.{cls.name}.{field}: unknown option; valid options: {valid}") from None
+            raise ValueError(f"schemes.{cls.name}.{field}: {e['msg']}, got {e.get('input')!r}") from None
+
+    # --- layers ---------------------------------------------------------------------------------
+    def conv(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0) -> nn.Module:
+        return nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding, bias=False)
+
+    def norm(self, channels: int) -> nn.Module:
+        return nn.Identity()
+
+    def act(self, channels: int) -> nn.Module:
+        return nn.ReLU(inplace=True)
+
+    def linear(self, in_features: int, out_features: int) -> nn.Module:
+        return nn.Linear(in_features, out_features)
+
+    # --- blocks: schemes that change the residual structure (NF, Fixup) override these ---------------
+    def basic_block(self, inplanes: int, planes: int, stride: int) -> nn.Module:
+        from trainers.resnet import BasicBlock
+
+        return BasicBlock(self, inplanes, planes, stride)
+
+    def bottleneck(self, inplanes: int, planes: int, stride: int) -> nn.Module:
+        from trainers.resnet import Bottleneck
+
+        return Bottleneck(self, inplanes, planes, stride)
+
+    def finalize(self, model: nn.Module) -> None:
+        """Called once the model is built (e.g. Fixup's rescaled init). Default: nothing."""
+
+    # --- initialization -------------------------------------------------------------------------
+    @torch.no_grad()
+    def data_dependent_init(self, model: nn.Module, images: torch.Tensor) -> None:
+        """Initialize from a batch (WN's data-dependent init). Default: nothing to do."""
+
+    def clip_gradients(self, model: nn.Module) -> None:
+        """Called by the trainer after backward, before the optimizer step (NF's AGC). Default: nothing."""
+
+    def describe(self) -> str:
+        return f"{self.name:10s} {self.paper}"
