@@ -8,5 +8,10 @@ from trainers.norms import bn  # noqa: E402,F401  Ioffe & Szegedy 2015
 from trainers.norms import wn  # noqa: E402,F401  Salimans & Kingma 2016
 from trainers.norms import normprop  # noqa: E402,F401  Arpit et al. 2016
 from trainers.norms import wn_trelu  # noqa: E402,F401  Xiang & Li 2017
+from trainers.norms import gn  # noqa: E402,F401  Wu & He 2018
+from trainers.norms import ws_gn  # noqa: E402,F401  Qiao et al. 2019
+from trainers.norms import nf  # noqa: E402,F401  Brock, De & Smith 2021 (+ AGC, Brock et al. 2021)
+from trainers.norms import fixup  # noqa: E402,F401  Zhang, Dauphin & Ma 2019
+from trainers.norms import none  # noqa: E402,F401  plain ResNet, no normalization
 
 __all__ = ["NormScheme", "SchemeOptions", "create", "get", "names", "register"]

@@ -7,7 +7,7 @@ No batch statistics at all (batch size 1 works). Each layer normalizes its weigh
 
 If x has zero mean and identity covariance, W_i·x/‖W_i‖ is a unit Gaussian, and so is u at init.
 The ReLU output is then re-normalized with its closed-form moments for a standard normal input
-(mean 1/√(2π) ≈ 0.398942, variance ½(1 − 1/π) ≈ 0.340537, std ≈ 0.583819):
+(mean 1/√(2π) ≈ 0.398942, variance ½(1 − 1/π) ≈ 0.340845, std ≈ 0.583819):
 
     z = (ReLU(u) − √(1/(2π))) / √(½ (1 − 1/π))
 

@@ -1,0 +1,255 @@
+"""The study driver: for each scheme, one Ray Tune experiment over the same budget.
+
+``grid`` mode runs every (lr × init scale × seed) point — the stability map needs the full grid;
+``optuna`` mode lets Optuna's TPE (through Ray Tune's ``OptunaSearch``, seeded) sample the scheme
+family's space from ``search_spaces/``. Trials are ``study.trial.run_trial``. Experiments are stored
+under ``tracking.storage_path/<study_name>/<scheme>`` so ``--resume`` restores them with
+``Tuner.restore``; MLflow runs are found again by their tags.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from study import provenance
+from study import spec as spec_mod
+from study.spec import SpecError, StudySpec
+from study.tracking import ROLE, STUDY, StudyTracker, resolve_uri
+
+
+@dataclass
+class TrialOutcome:
+    scheme: str
+    hp: dict[str, Any]
+    metrics: dict[str, Any]
+    error: str | None = None
+
+
+@dataclass
+class StudyResult:
+    study_run_id: str
+    tracking_uri: str
+    experiment: str
+    storage_path: str
+    outcomes: list[TrialOutcome] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def resolve_paths(spec: StudySpec, base: str | Path | None = None) -> StudySpec:
+    """Absolute tracking URI and storage path: Ray workers and jobs run in other directories."""
+    raw = spec.to_dict()
+    raw["tracking"]["tracking_uri"] = resolve_uri(spec.tracking.tracking_uri, base)
+    raw["tracking"]["storage_path"] = str((Path(base or Path.cwd()) / spec.tracking.storage_path).resolve())
+    return StudySpec.model_validate(raw)
+
+
+def init_ray(spec: StudySpec) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = spec.scaling.ray_address or os.environ.get("RAY_ADDRESS")
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
+                                                                    os.environ.get("PYTHONPATH")]))}}
+    if address:
+        # Under `ray job submit` or on a cluster: ray.init(num_cpus=...) would raise (DESIGN.md §11).
+        ray.init(address=address, runtime_env=env, log_to_driver=False)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=env, log_to_driver=False,
+                 configure_logging=True, logging_level="ERROR")
+
+
+def max_concurrent(spec: StudySpec) -> int:
+    import ray
+
+    if spec.search.max_concurrent_trials:
+        return spec.search.max_concurrent_trials
+    res = ray.cluster_resources()
+    s = spec.scaling
+    if s.use_gpu:
+        return max(1, int(res.get("GPU", 0) // s.num_workers))
+    return max(1, int(res.get("CPU", 1) // (s.cpus_per_worker * s.num_workers)))
+
+
+def check_placeable(spec: StudySpec) -> None:
+    """Refuse a trial shape the cluster can never place (it would wait forever)."""
+    import ray
+
+    res, s = ray.cluster_resources(), spec.scaling
+    need_cpu = s.cpus_per_worker * s.num_workers
+    if need_cpu > res.get("CPU", 0):
+        raise SpecError(f"scaling.num_workers: {s.num_workers} workers × {s.cpus_per_worker} CPUs need {need_cpu:g} "
+                        f"CPUs but the cluster has {res.get('CPU', 0):g}; lower num_workers or cpus_per_worker")
+    if s.use_gpu and s.num_workers > res.get("GPU", 0):
+        raise SpecError(f"scaling.use_gpu: {s.num_workers} GPU workers but the cluster has "
+                        f"{res.get('GPU', 0):g} GPUs; lower scaling.num_workers or set use_gpu: false")
+
+
+def run_study(spec: StudySpec, *, resume: bool = False, fresh: bool = False, out: TextIO = sys.stdout) -> StudyResult:
+    """Run (or, with ``resume``, continue) every scheme's experiment; returns what the trials reported."""
+    from ray import tune
+
+    from study.progress import TrialProgress
+    from study.trial import run_trial, uses_torch_trainer
+
+    started = time.time()
+    spec = resolve_paths(spec)
+    study = spec.tracking.study_name
+    root = Path(spec.tracking.storage_path) / study
+    if root.exists() and not resume:
+        if not fresh:
+            raise SpecError(f"tracking.study_name: study '{study}' already exists in {root.parent}; pass --resume to "
+                            f"continue it, --fresh to replace it, or --set tracking.study_name=NEW")
+        _delete_study(spec, root)
+    init_ray(spec)
+    check_placeable(spec)
+    tracker = StudyTracker(spec.tracking.tracking_uri, spec.tracking.experiment)
+    params = spec_mod.flatten(spec)
+    params.update(provenance.collect())
+    study_run = tracker.study_run(study, params)
+    tracker.log_text(study_run, spec_mod.dump(spec), "spec.yaml")
+    result = StudyResult(study_run, spec.tracking.tracking_uri, spec.tracking.experiment, str(root))
+    plans = {e.name: _plan(spec, e.name) for e in spec.schemes}
+    progress = TrialProgress(total=sum(p["trials"] for p in plans.values()), out=out)
+
+    for entry in spec.schemes:
+        scheme = entry.name
+        scheme_params = {"scheme": scheme, "search.mode": spec.search.mode,
+                         **{f"scheme_option.{k}": v for k, v in entry.options.items()}}
+        scheme_run = tracker.scheme_run(study, scheme, study_run, scheme_params)
+        _profile_scheme(tracker, scheme_run, spec, scheme)
+        trainable = tune.with_parameters(run_trial, study_spec=spec.to_dict(), scheme=scheme, parent_run_id=scheme_run)
+        cpus = 0 if uses_torch_trainer(spec) else spec.scaling.cpus_per_worker
+        trainable = tune.with_resources(trainable, {"CPU": cpus})
+        path = root / scheme
+        progress.scheme = scheme
+        if resume and tune.Tuner.can_restore(str(path)):
+            tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = _new_tuner(spec, scheme, trainable, plans[scheme], progress, str(root))
+        grid = tuner.fit()
+        _close_stopped_trials(tracker, study, scheme)
+        for r in grid:
+            result.outcomes.append(TrialOutcome(scheme, _hp_of(r.config), dict(r.metrics or {}),
+                                                None if r.error is None else repr(r.error)))
+        tracker.finish(scheme_run)
+    tracker.finish(study_run)
+    result.seconds = time.time() - started
+    return result
+
+
+def _plan(spec: StudySpec, scheme: str) -> dict[str, Any]:
+    """The trial budget of one scheme: the same for every scheme (grid: the shared lr × seed grid)."""
+    from trainers import norms
+
+    has_init = norms.get(scheme).has_init_scale
+    if spec.search.mode == "grid":
+        n = len(spec.search.grid_lr) * len(spec.search.seeds) * (len(spec.search.grid_init_scale) if has_init else 1)
+    else:
+        n = spec.search.num_samples
+    return {"trials": n, "has_init_scale": has_init}
+
+
+def _new_tuner(spec: StudySpec, scheme: str, trainable, plan: dict[str, Any], progress, root: str):
+    from ray import tune
+
+    s = spec.search
+    metric, mode = "objective", s.mode_direction
+    if s.mode == "grid":
+        space: dict[str, Any] = {"lr": tune.grid_search(s.grid_lr), "seed": tune.grid_search(s.seeds)}
+        if plan["has_init_scale"]:
+            space["init_scale"] = tune.grid_search(s.grid_init_scale)
+        search_alg, num_samples = None, 1
+    else:
+        from ray.tune.search.optuna import OptunaSearch
+
+        import search_spaces
+
+        dims = search_spaces.for_scheme(spec, scheme)
+        seed = s.seeds[0]
+
+        def define(trial) -> dict[str, Any]:
+            for name, d in dims.items():
+                if d.type == "int":
+                    trial.suggest_int(name, int(d.min), int(d.max), log=d.scaling == "log")
+                else:
+                    trial.suggest_float(name, d.min, d.max, log=d.scaling == "log")
+            return {"seed": seed}
+
+        # metric/mode on the searcher itself: it ignores TuneConfig's with a define-by-run space.
+        search_alg = OptunaSearch(space=define, metric=metric, mode=mode, seed=s.optuna_seed)
+        space, num_samples = {}, s.num_samples
+    scheduler = None
+    if s.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(metric=metric, mode=mode, grace_period=s.asha_grace_period, max_t=10**6)
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+                                    max_concurrent_trials=max_concurrent(spec),
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(name=scheme, storage_path=root, callbacks=[progress], verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=spec.scaling.max_failures),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+    )
+
+
+def _hp_of(config: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (config or {}).items() if isinstance(v, int | float | str)}
+
+
+def _close_stopped_trials(tracker: StudyTracker, study: str, scheme: str) -> None:
+    """Trials stopped by the scheduler (ASHA) or killed leave RUNNING runs: close them as KILLED."""
+    for run in tracker.trial_runs(study, scheme):
+        if run.info.status == "RUNNING":
+            tracker.finish(run.info.run_id, "KILLED", reason="stopped early by the scheduler or a kill")
+
+
+def _profile_scheme(tracker: StudyTracker, run_id: str, spec: StudySpec, scheme: str) -> None:
+    """Normalization's and convolution's share of one training step, measured once per scheme."""
+    try:
+        from trainers.profiling import profile_step
+
+        shares = profile_step(spec, scheme)
+    except Exception as err:  # noqa: BLE001 - a profiler failure must not stop the study
+        tracker.set_tags(run_id, {"normstudy.profile_error": repr(err)[:500]})
+        return
+    tracker.log_metrics(run_id, shares)
+
+
+def _delete_study(spec: StudySpec, root: Path) -> None:
+    tracker = StudyTracker(spec.tracking.tracking_uri, spec.tracking.experiment)
+    flt = f"tags.`{STUDY}` = '{spec.tracking.study_name}'"
+    for run in tracker.client.search_runs([tracker.experiment_id], flt, max_results=100000):
+        tracker.client.delete_run(run.info.run_id)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def summary_table(result: StudyResult) -> str:
+    """One line per scheme: trials, diverged, best test top-1 with its hyperparameters, mean gap."""
+    rows = ["scheme      trials  diverged  best test top-1  (lr, init, seed)          mean train/test of stable"]
+    by_scheme: dict[str, list[TrialOutcome]] = {}
+    for o in result.outcomes:
+        by_scheme.setdefault(o.scheme, []).append(o)
+    for scheme, outs in by_scheme.items():
+        div = [o for o in outs if o.metrics.get("diverged", 0) >= 1 or o.error]
+        ok = [o for o in outs if o not in div and "final_test_top1" in o.metrics]
+        best = max(ok, key=lambda o: o.metrics["final_test_top1"], default=None)
+        mean_tr = sum(o.metrics["final_train_top1"] for o in ok) / len(ok) if ok else math.nan
+        mean_te = sum(o.metrics["final_test_top1"] for o in ok) / len(ok) if ok else math.nan
+        best_s = (f"{best.metrics['final_test_top1']:.3f}            ({best.hp.get('lr'):g}, "
+                  f"{best.hp.get('init_scale', '-')}, {best.hp.get('seed')})" if best else "-")
+        rows.append(f"{scheme:10s}  {len(outs):6d}  {len(div):8d}  {best_s:42s}  {mean_tr:.3f} / {mean_te:.3f}")
+    return "\n".join(rows)
+
+
+__all__ = ["run_study", "summary_table", "StudyResult", "ROLE"]

@@ -1,0 +1,114 @@
+"""One Tune trial (the driver side of a trial; the worker side is ``trainers.loop``).
+
+``run_trial`` is the Tune *function* trainable. It resolves the trial's spec from the sampled
+hyperparameters, opens the trial's MLflow run, then trains:
+- single-worker CPU trials run ``train_loop_per_worker`` right here in the trial process (no worker
+  group to start: ~20–45 s saved per trial on 2 cores; DESIGN.md §2);
+- multi-worker or GPU trials build a Ray Train ``TorchTrainer`` (Train V2) whose run name is the trial
+  id, so a restored trial finds its checkpoints, and forward its reports to Tune with
+  ``TuneReportCallback``.
+Either way it is the same loop, metrics and MLflow records. A diverged trial ends normally with
+``diverged=1``; an exception marks the MLflow run FAILED with its reason and re-raises.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import search_spaces
+from study import spec as spec_mod
+from study.spec import StudySpec
+from study.tracking import StudyTracker
+
+SUMMARY_TAGS = ("divergence_cause", "divergence_step", "divergence_layer")
+
+
+def resolve_trial_spec(study_spec: dict[str, Any], scheme: str, hp: dict[str, Any]) -> StudySpec:
+    """The study spec with this trial's sampled values ``hp`` applied."""
+    spec = StudySpec.model_validate(study_spec)
+    return search_spaces.apply(spec, scheme, hp, search_spaces.for_scheme(spec, scheme))
+
+
+def uses_torch_trainer(spec: StudySpec) -> bool:
+    s = spec.scaling
+    return s.torch_trainer == "always" or s.num_workers > 1 or s.use_gpu
+
+
+def run_trial(config: dict[str, Any], *, study_spec: dict[str, Any], scheme: str, parent_run_id: str) -> None:
+    """Tune function trainable (wrapped with ``tune.with_parameters`` for the fixed arguments);
+    ``config`` holds this trial's sampled hyperparameters (``lr``, ``init_scale``, ``seed``, ...)."""
+    import ray.tune
+
+    hp = dict(config)
+    spec = resolve_trial_spec(study_spec, scheme, hp)
+    trial_id = ray.tune.get_context().get_trial_id()
+    tracker = StudyTracker(spec.tracking.tracking_uri, spec.tracking.experiment)
+    resuming = ray.tune.get_checkpoint() is not None
+    run_id = _trial_run(tracker, spec, scheme, trial_id, parent_run_id, hp, resuming)
+    loop_config = {"spec": spec.to_dict(), "scheme": scheme, "tracking_uri": spec.tracking.tracking_uri,
+                   "run_id": run_id}
+    try:
+        if uses_torch_trainer(spec):
+            summary = _run_torch_trainer(spec, loop_config, trial_id)
+        else:
+            from trainers.loop import train_loop_per_worker
+
+            if spec.training.torch_threads == 0:
+                import torch
+
+                torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
+            summary = train_loop_per_worker(dict(loop_config, session="tune"))
+        tags = {"diverged": str(int(summary.get("diverged", 0)))}
+        tags.update({k: _tag(summary[k]) for k in SUMMARY_TAGS if k in summary})
+        tracker.set_tags(run_id, tags)
+        tracker.finish(run_id)
+    except BaseException as err:  # noqa: BLE001 - any stop (error, kill, ASHA) leaves the run closed
+        tracker.finish(run_id, "FAILED" if isinstance(err, Exception) else "KILLED", reason=repr(err))
+        raise
+
+
+def _trial_run(tracker: StudyTracker, spec: StudySpec, scheme: str, trial_id: str, parent: str,
+               hp: dict[str, Any], resuming: bool) -> str:
+    from study.tracking import ROLE, STUDY, TRIAL
+
+    if resuming:  # a restored trial keeps its run and history
+        found = tracker._find({ROLE: "trial", STUDY: spec.tracking.study_name, TRIAL: trial_id})
+        if found is not None:
+            tracker.client.update_run(found.info.run_id, status="RUNNING")
+            return found.info.run_id
+    params = spec_mod.flatten(spec)
+    params.update({f"hp.{k}": v for k, v in hp.items()})
+    params["scheme"] = scheme
+    tags = {"seed": spec.training.seed, "diverged": "0"}
+    return tracker.trial_run(spec.tracking.study_name, scheme, trial_id, parent, params, tags)
+
+
+def _run_torch_trainer(spec: StudySpec, loop_config: dict[str, Any], trial_id: str) -> dict[str, Any]:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from trainers.loop import train_loop_per_worker
+
+    s = spec.scaling
+    resources = {"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=dict(loop_config, session="train"),
+        scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=f"trial-{trial_id}",  # stable: a restored trial resumes from its own checkpoints
+            storage_path=os.path.abspath(spec.tracking.storage_path),
+            callbacks=[TuneReportCallback()],
+            # A worker group that can never start would otherwise retry forever (DESIGN.md §11).
+            failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    return dict(result.metrics or {})
+
+
+def _tag(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)

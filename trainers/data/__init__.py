@@ -1,0 +1,83 @@
+"""Data for a training worker: ``build_data(spec.data, batch_size=..., rank=..., world_size=...)``.
+
+Three sources behind one interface (:class:`DataBundle`):
+
+- ``generated`` (default): an in-memory procedurally generated set (:mod:`trainers.data.generated`);
+- ``folder`` + torchvision: an ImageNet-layout folder read on CPU (:mod:`trainers.data.folder_torchvision`);
+- ``folder`` + DALI: the same folder decoded and augmented by NVIDIA DALI, on the GPU when there is one
+  (:mod:`trainers.data.folder_dali`).
+
+All three shard and order samples with the same functions (:mod:`trainers.data.base`), so a rank's
+batches of an epoch are a pure function of ``(seed, epoch)`` and resuming mid-epoch is exact.
+The folder loaders are imported lazily: the generated default never pays for DALI's import.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from study.spec import DataSpec
+from trainers.data.base import Batch, DataBundle, ShardedTrain
+
+__all__ = ["Batch", "DataBundle", "ShardedTrain", "build_data", "resolve_loader"]
+
+DALI_INSTALL_HINT = (
+    "data.loader 'dali' needs NVIDIA DALI: pip install nvidia-dali-cuda130 (CUDA 13 drivers, the default) "
+    "or nvidia-dali-cuda120 (CUDA 12), or set data.loader: torchvision"
+)
+
+
+def resolve_loader(loader: str, cuda_available: bool | None = None) -> str:
+    """``'auto'`` → ``'dali'`` iff CUDA is available, else ``'torchvision'``; explicit choices pass through.
+
+    The one place the choice is made. An explicit ``'dali'`` without an importable ``nvidia.dali`` raises
+    ImportError with a one-line install hint (``'auto'`` never picks DALI it cannot import).
+    """
+    if loader not in ("auto", "torchvision", "dali"):
+        raise ValueError(f"data.loader: must be one of auto, torchvision, dali, got {loader!r}")
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    if loader == "auto":
+        loader = "dali" if cuda_available and dali_available() else "torchvision"
+    if loader == "dali" and not dali_available():
+        raise ImportError(DALI_INSTALL_HINT)
+    return loader
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+        import nvidia.dali.plugin.pytorch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def build_data(data: DataSpec, *, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+               device: torch.device | None = None) -> DataBundle:
+    """The data of rank ``rank`` of ``world_size``. ``batch_size`` is PER WORKER.
+
+    Images are float32 NCHW normalized tensors, labels int64 of shape ``[N]``. CPU loaders yield CPU
+    tensors (the loop moves them); DALI on a CUDA ``device`` yields tensors already on that device.
+    ``seed`` (the training seed) orders the training batches; ``data.data_seed`` fixes the generated
+    images and the train-eval subset, so they are the same for every trial.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1 per worker, got {batch_size}")
+    if data.kind == "generated":
+        from trainers.data.generated import build_generated
+
+        return build_generated(data, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed)
+    if data.kind == "folder":
+        use_cuda = None if device is None else device.type == "cuda"
+        loader = resolve_loader(data.loader, cuda_available=use_cuda)
+        if loader == "dali":
+            from trainers.data.folder_dali import build_dali
+
+            return build_dali(data, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed,
+                              device=device)
+        from trainers.data.folder_torchvision import build_torchvision
+
+        return build_torchvision(data, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed,
+                                 device=device)
+    raise ValueError(f"data.kind: must be 'generated' or 'folder', got {data.kind!r}")

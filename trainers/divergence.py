@@ -1,0 +1,504 @@
+"""Divergence statistics of a training run (DESIGN §7) and the rules that call a run diverged.
+
+The training loop drives a :class:`DivergenceMonitor` around every optimizer step::
+
+    mon.start_step(step, detailed)   # before forward: snapshot weights, arm activation hooks (detailed)
+    loss.backward()
+    mon.record(loss)                 # after backward, before clipping: loss and per-parameter grad norms
+    optimizer.step()
+    mon.end_step()                   # after the step: ‖Δw‖, ‖w‖, activation stats (detailed); disarm
+    ...
+    report = mon.flush()             # once per report interval: the ONE host-device sync
+
+Every per-step quantity stays a device tensor in a buffer until :meth:`~DivergenceMonitor.flush`, which
+concatenates the buffers, copies them to the CPU in one transfer and applies the rules there, step by
+step in order. ``record``/``end_step``/the hooks never call ``.item()``, ``bool(tensor)`` or ``.cpu()``.
+
+Divergence rules, evaluated per step in this order (the first that fires names the cause):
+
+1. ``non_finite_loss``: the loss is NaN or ±inf.
+2. ``non_finite_grad``: the loss is finite but some parameter's gradient norm is not (monitor enabled).
+3. ``loss_explosion``: loss > ``loss_multiple`` × initial loss, the initial loss being the mean of the
+   first ``initial_steps`` finite losses (checked only once that estimate is complete).
+4. ``loss_spike``: spike ratio = loss / EMA (the EMA *before* this step's loss, started at the first
+   loss) above ``spike_ratio`` for ``spike_patience`` consecutive steps; reported at the step where the
+   patience is reached. Spiking steps (and non-finite losses) do **not** update the EMA, so the EMA stays
+   the pre-spike baseline and a loss that jumps to a new, higher plateau is a sustained spike. (Were
+   spikes folded into the EMA, a decay-0.9 EMA would catch up with a 5× plateau within 3 steps and a
+   sustained spike could never reach a patience of 5.)
+
+Which parameter "moved most" at the divergence step (``Divergence.layer``):
+
+* ``loss_explosion`` / ``loss_spike``: the parameter with the largest ‖grad‖ / ‖w‖ at that step.
+* ``non_finite_grad``: the parameter with a non-finite gradient that is *last* in
+  ``model.named_parameters()`` order (registration order ≈ forward order for the ResNets here).
+  Back-propagation carries a NaN/inf from where it appears toward the input, so every parameter
+  before its origin is non-finite too; the last non-finite one is the origin.
+* ``non_finite_loss``: the gradients of a NaN loss are all NaN and say nothing; the layer is the one
+  with the largest ‖grad‖ / ‖w‖ at the latest earlier step whose gradients were all finite (normally
+  the step just before, whose update produced the weights that blew up); ``""`` if there is none.
+* Disabled monitor (no gradient statistics): ``""``.
+
+‖w‖ in these ratios is the weight norm measured at the latest detailed step at or before the step in
+question (the pre-update snapshot); before the first detailed step it is the norm of the weights at
+flush time. Weight norms drift slowly over one report interval, and a snapshot taken before the blow-up
+stays finite where the weights at flush time may already be NaN.
+
+The ratios that pick a layer (the divergence layer, ``update_ratio_max`` and its layer) are taken over
+*multiplicative* parameters only: tensors with ≥ 2 dims (conv/linear weights, WN's ``v``) and 1-d
+parameters named ``weight`` or ``g`` (BN's γ, WN's gains). Additive shifts (biases, WN's ``b``, TReLU's
+``α``) start at 0, so their ratio is undefined at first and huge for a long while — they would be named
+every time. (A model with no multiplicative parameter at all uses all of them.) Global norms
+(``grad_norm``, ``update_ratio``, ``weight_norm``) and ``grad_norm_max`` include every parameter.
+
+Update ratio of a parameter: ‖w_after − w_before‖ / ‖w_before‖ (the weights the step was applied to);
+``weight_norm`` is likewise ‖w_before‖, so every detailed statistic describes the model as seen by that
+step's forward pass. ``loss_ema`` is the EMA after this step (equal to the one before on spiking steps).
+
+Activation statistics (detailed steps, models with a ``.stages`` attribute such as ``trainers.resnet``):
+``act_mean/<stage>`` and ``act_std/<stage>`` over every element of the stage output (``stem`` = output of
+the stem's ``act1``); ``dead_frac/<stage>`` = fraction of channels whose activation output is constant
+over batch and positions (max == min; a dead ReLU is constant 0, a dead TReLU constant α), averaged over
+the activation modules of the stage (submodules named ``act<k>``). Several forwards in one step (gradient
+accumulation) are averaged.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from study.spec import DivergenceSpec
+
+__all__ = ["Divergence", "DivergenceMonitor", "MonitorReport"]
+
+_ACT_NAME = re.compile(r"act\d*")
+_F32 = torch.float32
+
+
+@dataclass
+class Divergence:
+    cause: str  # "non_finite_loss" | "non_finite_grad" | "loss_explosion" | "loss_spike"
+    step: int  # the optimizer step (as passed to start_step) where it was decided
+    layer: str  # parameter name (model.named_parameters()) that moved most; "" if unknown
+
+
+@dataclass
+class MonitorReport:
+    per_step: dict[int, dict[str, float]]  # step -> metrics for MLflow curves (docs/mlflow_layout.md)
+    latest: dict[str, float]  # the most recent value of every metric (for ray.train.report)
+    divergence: Divergence | None  # the first divergence found in this interval, or None
+    latest_update_ratio_layer: str  # layer with the largest update ratio at the last detailed step
+
+
+@dataclass
+class _Stage:
+    name: str
+    out: nn.Module  # the module whose output gives act_mean/act_std
+    acts: list[nn.Module]  # activation modules whose outputs give dead_frac
+
+
+class DivergenceMonitor:
+    """Per-step loss/gradient statistics, detailed statistics on chosen steps, and divergence rules.
+
+    See the module docstring for the rules and the definitions of every metric.
+    """
+
+    def __init__(self, model: nn.Module, spec: DivergenceSpec, *, enabled: bool | None = None) -> None:
+        """``model``: the UNWRAPPED module (not DDP). ``enabled`` defaults to ``spec.monitor``; when False
+        only the loss and its rules run (no grad norms, no hooks, no snapshots)."""
+        self.model = model
+        self.spec = spec
+        self.enabled = spec.monitor if enabled is None else bool(enabled)
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.param_names: list[str] = [n for n, _ in named]
+        self._params: list[nn.Parameter] = [p for _, p in named]
+        cand = [p.dim() >= 2 or n.rsplit(".", 1)[-1] in ("weight", "g") for n, p in named]
+        if not any(cand):
+            cand = [True] * len(named)
+        self._cand = torch.tensor(cand, dtype=torch.bool)
+        self._g_mask = torch.tensor([n.rsplit(".", 1)[-1] == "g" for n in self.param_names], dtype=torch.bool)
+        self._stages = self._find_stages(model)
+
+        # rule state (plain Python, survives flushes; state_dict/load_state_dict)
+        self._ema: float | None = None
+        self._init_sum = 0.0
+        self._init_count = 0
+        self._spike_count = 0
+        self._last_step = 0
+        self._last_finite_layer = ""  # largest grad/weight ratio at the latest all-finite-grad step
+        self._wnorm_ref: torch.Tensor | None = None  # CPU, ‖w‖ per parameter at the latest detailed step
+        self.latest_update_ratio_layer = ""
+        self.divergence: Divergence | None = None  # the first divergence ever found
+
+        # per-step buffers (device tensors)
+        self._steps: list[int] = []
+        self._vecs: list[torch.Tensor] = []  # [loss, grad norms...] per recorded step
+        self._detail: dict[int, torch.Tensor] = {}  # step -> [‖w‖..., ‖Δw‖..., act stats...]
+
+        # the step in progress
+        self._step = 0
+        self._detailed = False
+        self._recorded = False
+        self._snap: list[torch.Tensor] | None = None
+        self._handles: list[Any] = []
+        self._act: dict[tuple[int, str], list[torch.Tensor]] = {}
+        self._last_gnorms: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ per step (no host-device sync)
+    def start_step(self, step: int, detailed: bool) -> None:
+        """Before forward. On detailed steps: snapshot the weights (for Δw) and arm the activation hooks."""
+        self._disarm()
+        self._step = int(step)
+        self._recorded = False
+        self._detailed = bool(detailed) and self.enabled
+        if not self._detailed:
+            return
+        with torch.no_grad():
+            if self._snap is None or len(self._snap) != len(self._params):
+                self._snap = [torch.empty_like(p) for p in self._params]
+            torch._foreach_copy_(self._snap, self._params)
+        self._arm()
+
+    def record(self, loss: torch.Tensor) -> None:
+        """After backward (DDP-averaged grads), before clipping and ``optimizer.step``. No sync."""
+        loss = loss.detach().reshape(()).to(_F32)
+        if not self.enabled:
+            vec = loss.reshape(1)
+        else:
+            grads = [p.grad for p in self._params]
+            if all(g is not None for g in grads):
+                norms = list(torch._foreach_norm(grads, 2, dtype=_F32))
+            else:
+                present = [g for g in grads if g is not None]
+                it = iter(torch._foreach_norm(present, 2, dtype=_F32) if present else ())
+                zero = loss.new_zeros(())
+                norms = [next(it) if g is not None else zero for g in grads]
+            vec = torch.stack([loss, *norms])
+            self._last_gnorms = vec[1:]
+        self._steps.append(self._step)
+        self._vecs.append(vec)
+        self._recorded = True
+
+    def end_step(self) -> None:
+        """After ``optimizer.step``. On detailed steps: ‖Δw‖, ‖w‖ and activation statistics. No sync."""
+        try:
+            if self._detailed and self._recorded and self._snap is not None:
+                with torch.no_grad():
+                    wnorm = torch._foreach_norm(self._snap, 2, dtype=_F32)
+                    torch._foreach_sub_(self._snap, self._params)  # the snapshot now holds -Δw
+                    dnorm = torch._foreach_norm(self._snap, 2, dtype=_F32)
+                    acts = self._act_vector(self._vecs[-1])
+                    self._detail[self._step] = torch.stack([*wnorm, *dnorm, *acts])
+        finally:
+            self._disarm()
+            self._detailed = False
+            self._act = {}
+
+    @property
+    def last_grad_norm(self) -> torch.Tensor | None:
+        """The global gradient norm of the last ``record`` as a device tensor (no sync), e.g. for clipping
+        without recomputing the norms; None when the monitor is disabled or nothing was recorded yet."""
+        if self._last_gnorms is None:
+            return None
+        return torch.linalg.vector_norm(self._last_gnorms)
+
+    # ------------------------------------------------------------------ report (the one sync)
+    def flush(self) -> MonitorReport:
+        """Copy the buffers to the CPU in one transfer, apply the rules to the buffered steps in order
+        and return their metrics. Clears the buffers."""
+        steps, vecs, detail = self._steps, self._vecs, self._detail
+        self._steps, self._vecs, self._detail = [], [], {}
+        per_step: dict[int, dict[str, float]] = {}
+        if not steps:
+            return MonitorReport(per_step, {}, None, self.latest_update_ratio_layer)
+
+        n_par = len(self._params)
+        detail_steps = [s for s in steps if s in detail]
+        parts = [torch.stack(vecs).reshape(-1)]
+        parts += [detail[s].reshape(-1) for s in detail_steps]
+        fallback = self.enabled and self._wnorm_ref is None and n_par > 0
+        if fallback:
+            with torch.no_grad():
+                parts.append(torch.stack(torch._foreach_norm(self._params, 2, dtype=_F32)))
+        dev = parts[0].device
+        flat = torch.cat([p.to(dev, _F32) for p in parts]).cpu()  # the ONE host-device sync
+
+        width = vecs[0].numel()
+        base = flat[: len(steps) * width].view(len(steps), width)
+        losses = base[:, 0].tolist()
+        off = len(steps) * width
+        d_width = 2 * n_par + 3 * len(self._stages)
+        dvecs = {}
+        for s in detail_steps:
+            dvecs[s] = flat[off: off + d_width]
+            off += d_width
+        cur_wnorm = flat[off: off + n_par] if fallback else None
+
+        gstats = None
+        if self.enabled:
+            g = base[:, 1:]
+            g64 = g.double()
+            gnorm = g64.pow(2).sum(1).sqrt().tolist()
+            gmax = g.max(1).values.tolist() if n_par else [0.0] * len(steps)
+            gfinite = torch.isfinite(g).all(1).tolist()
+            gstats = (g, gnorm, gmax, gfinite)
+
+        found: Divergence | None = None
+        for i, step in enumerate(steps):
+            m = per_step.setdefault(step, {})
+            loss = losses[i]
+            m["loss"] = loss
+            cause = self._loss_rules(loss, m)
+            if step in dvecs:
+                self._detailed_metrics(dvecs[step], m)
+            layer_here = ""
+            if gstats is not None:
+                g, gnorm, gmax, gfinite = gstats
+                m["grad_norm"] = gnorm[i]
+                m["grad_norm_max"] = gmax[i]
+                wref = self._wnorm_ref if self._wnorm_ref is not None else cur_wnorm
+                if gfinite[i]:
+                    layer_here = self._largest_ratio(g[i], wref)
+                if math.isfinite(loss) and not gfinite[i]:  # outranks explosion/spike
+                    cause = "non_finite_grad"
+                    bad = (~torch.isfinite(g[i])).nonzero().flatten().tolist()
+                    layer_here = self.param_names[bad[-1]]
+            if cause is not None and found is None:
+                if cause == "non_finite_loss" or layer_here == "":
+                    layer_here = self._last_finite_layer if gstats is not None else ""
+                found = Divergence(cause, step, layer_here)
+            if gstats is not None and gstats[3][i]:
+                self._last_finite_layer = layer_here
+            self._last_step = step
+
+        latest: dict[str, float] = {}
+        for step in steps:
+            latest.update(per_step[step])
+        if found is not None and self.divergence is None:
+            self.divergence = found
+        return MonitorReport(per_step, latest, found, self.latest_update_ratio_layer)
+
+    def _loss_rules(self, loss: float, m: dict[str, float]) -> str | None:
+        """Update EMA/initial-loss/spike state with one loss; return the loss-based cause, if any."""
+        sp = self.spec
+        if not math.isfinite(loss):
+            m["loss_ema"] = self._ema if self._ema is not None else float("nan")
+            m["spike_ratio"] = float("nan") if self._ema is None or self._ema <= 0 else loss / self._ema
+            return "non_finite_loss"
+        ema_before = loss if self._ema is None else self._ema
+        ratio = loss / ema_before if ema_before > 0 else (1.0 if loss == ema_before else float("nan"))
+        spiking = ratio > sp.spike_ratio
+        self._spike_count = self._spike_count + 1 if spiking else 0
+        if not spiking:
+            self._ema = loss if self._ema is None else sp.ema_decay * self._ema + (1 - sp.ema_decay) * loss
+        m["loss_ema"] = self._ema
+        m["spike_ratio"] = ratio
+        cause = None
+        if self._init_count >= sp.initial_steps:
+            if loss > sp.loss_multiple * (self._init_sum / self._init_count):
+                cause = "loss_explosion"
+        else:
+            self._init_sum += loss
+            self._init_count += 1
+        if cause is None and self._spike_count >= sp.spike_patience:
+            cause = "loss_spike"
+        return cause
+
+    def _detailed_metrics(self, d: torch.Tensor, m: dict[str, float]) -> None:
+        n = len(self._params)
+        wn, dw, act = d[:n], d[n: 2 * n], d[2 * n:]
+        if n:
+            w64, d64 = wn.double(), dw.double()
+            wtot = w64.pow(2).sum().sqrt().item()
+            dtot = d64.pow(2).sum().sqrt().item()
+            m["update_ratio"] = dtot / wtot if wtot > 0 else float("nan")
+            ratio = torch.where(wn > 0, dw / wn, torch.full_like(wn, float("nan")))
+            cr = ratio[self._cand]
+            valid = cr[~torch.isnan(cr)]
+            m["update_ratio_max"] = valid.max().item() if valid.numel() else float("nan")
+            layer = self._argmax_name(ratio)
+            if layer:
+                self.latest_update_ratio_layer = layer
+            m["weight_norm"] = wtot
+            if bool(self._g_mask.any()):
+                m["wn_g_norm"] = w64[self._g_mask].pow(2).sum().sqrt().item()
+            if bool(torch.isfinite(wn).all()):
+                self._wnorm_ref = wn.clone()
+        for k, st in enumerate(self._stages):
+            for j, key in enumerate(("act_mean", "act_std", "dead_frac")):
+                v = act[3 * k + j].item()
+                if not math.isnan(v):
+                    m[f"{key}/{st.name}"] = v
+
+    def _largest_ratio(self, gn: torch.Tensor, wref: torch.Tensor | None) -> str:
+        if wref is None:
+            return ""
+        ratio = torch.where(wref > 0, gn / wref, torch.full_like(gn, float("nan")))
+        return self._argmax_name(ratio)
+
+    def _argmax_name(self, ratio: torch.Tensor) -> str:
+        """Name of the candidate parameter with the largest finite ratio; "" if none."""
+        r = torch.where(self._cand & torch.isfinite(ratio), ratio, torch.full_like(ratio, -math.inf))
+        if r.numel() == 0 or not bool(torch.isfinite(r).any()):
+            return ""
+        return self.param_names[int(r.argmax())]
+
+    # ------------------------------------------------------------------ activation hooks
+    @staticmethod
+    def _find_stages(model: nn.Module) -> list[_Stage]:
+        names = getattr(model, "stages", None)
+        if not names:
+            return []
+        stages = []
+        stem = getattr(model, "act1", None)
+        if isinstance(stem, nn.Module):
+            stages.append(_Stage("stem", stem, [stem]))
+        for name in names:
+            mod = getattr(model, name)
+            acts = [m for n, m in mod.named_modules() if n and _ACT_NAME.fullmatch(n.rsplit(".", 1)[-1])]
+            stages.append(_Stage(name, mod, acts))
+        return stages
+
+    def _arm(self) -> None:
+        self._act = {}
+        for k, st in enumerate(self._stages):
+            self._handles.append(st.out.register_forward_hook(self._moments_hook(k)))
+            for a in st.acts:
+                self._handles.append(a.register_forward_hook(self._dead_hook(k)))
+
+    def _disarm(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def _moments_hook(self, k: int) -> Callable[..., None]:
+        def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor):
+                with torch.no_grad():
+                    std, mean = torch.std_mean(out.detach().to(_F32), correction=0)
+                self._act.setdefault((k, "mean"), []).append(mean)
+                self._act.setdefault((k, "std"), []).append(std)
+
+        return hook
+
+    def _dead_hook(self, k: int) -> Callable[..., None]:
+        def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor) and out.dim() >= 2:
+                with torch.no_grad():
+                    y = out.detach()
+                    dims = (0, *range(2, y.dim()))
+                    dead = (y.amax(dims) == y.amin(dims)).to(_F32).mean()
+                self._act.setdefault((k, "dead"), []).append(dead)
+
+        return hook
+
+    def _act_vector(self, like: torch.Tensor) -> list[torch.Tensor]:
+        """[mean, std, dead] per stage, averaged over the forwards of this step; NaN where not seen."""
+        out = []
+        nan = None
+        for k in range(len(self._stages)):
+            for key in ("mean", "std", "dead"):
+                vals = self._act.get((k, key))
+                if vals:
+                    out.append(vals[0] if len(vals) == 1 else torch.stack(vals).mean())
+                else:
+                    if nan is None:
+                        nan = torch.full((), float("nan"), dtype=_F32, device=like.device)
+                    out.append(nan)
+        return out
+
+    # ------------------------------------------------------------------ sharpness
+    def hessian_top_eigenvalue(self, loss_fn: Callable[[], torch.Tensor], iters: int | None = None) -> float:
+        """Top eigenvalue of the loss Hessian w.r.t. the trainable parameters, by power iteration with
+        Hessian-vector products (double backward). ``loss_fn`` recomputes the loss on a fixed batch.
+
+        Power iteration converges to the eigenvalue of largest *magnitude*; the value returned is the
+        Rayleigh quotient vᵀHv of the final unit vector (signed). The start vector is seeded, so the
+        result is deterministic; iteration stops early once the estimate changes by < 1e-4 relatively.
+        Syncs once per iteration (it is called every ``hessian_every`` steps only). Activation hooks are
+        disarmed meanwhile; ``loss_fn`` is responsible for model mode (BN running stats, dropout)."""
+        iters = self.spec.hessian_iters if iters is None else int(iters)
+        armed = bool(self._handles)
+        self._disarm()
+        try:
+            loss = loss_fn()
+            grads = torch.autograd.grad(loss, self._params, create_graph=True, allow_unused=True)
+            pairs = [(p, g) for p, g in zip(self._params, grads, strict=True)
+                     if g is not None and g.requires_grad]
+            if not pairs:
+                return 0.0
+            ps, gs = [p for p, _ in pairs], [g for _, g in pairs]
+            gen = torch.Generator().manual_seed(0)
+            v = [torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in ps]
+            _normalize_(v)
+            eig = float("nan")
+            for _ in range(max(1, iters)):
+                hv = torch.autograd.grad(gs, ps, grad_outputs=v, retain_graph=True, allow_unused=True)
+                hv = [h.detach() if h is not None else torch.zeros_like(p)
+                      for h, p in zip(hv, ps, strict=True)]
+                new = torch.stack([torch.vdot(a.flatten(), b.flatten()) for a, b in zip(v, hv, strict=True)])
+                new_eig = new.sum().item()
+                if _normalize_(hv) == 0.0:
+                    return 0.0
+                v = hv
+                converged = math.isfinite(eig) and abs(new_eig - eig) <= 1e-4 * abs(new_eig)
+                eig = new_eig
+                if converged or not math.isfinite(eig):
+                    break
+            return eig
+        finally:
+            if armed:
+                self._arm()
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict:
+        """Plain-Python rule state for a checkpoint. Steps recorded but not yet flushed are not in it:
+        take it right after :meth:`flush`."""
+        return {
+            "version": 1,
+            "ema": self._ema,
+            "init_sum": self._init_sum,
+            "init_count": self._init_count,
+            "spike_count": self._spike_count,
+            "last_step": self._last_step,
+            "last_finite_layer": self._last_finite_layer,
+            "latest_update_ratio_layer": self.latest_update_ratio_layer,
+            "param_names": list(self.param_names),
+            "wnorm_ref": None if self._wnorm_ref is None else self._wnorm_ref.tolist(),
+            "divergence": None if self.divergence is None else asdict(self.divergence),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self._ema = state["ema"]
+        self._init_sum = float(state["init_sum"])
+        self._init_count = int(state["init_count"])
+        self._spike_count = int(state["spike_count"])
+        self._last_step = int(state.get("last_step", 0))
+        self._last_finite_layer = state.get("last_finite_layer", "")
+        self.latest_update_ratio_layer = state.get("latest_update_ratio_layer", "")
+        wref = state.get("wnorm_ref")
+        same = state.get("param_names") == self.param_names
+        self._wnorm_ref = torch.tensor(wref, dtype=_F32) if wref is not None and same else None
+        div = state.get("divergence")
+        self.divergence = Divergence(**div) if div else None
+        self._steps, self._vecs, self._detail = [], [], {}
+
+    @property
+    def last_step(self) -> int:
+        """The last step flushed (0 before any)."""
+        return self._last_step
+
+
+def _normalize_(vs: list[torch.Tensor]) -> float:
+    """Scale the list of tensors to unit global norm in place; return the norm before."""
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(vs))).item()
+    if norm > 0 and math.isfinite(norm):
+        torch._foreach_div_(vs, norm)
+    return norm

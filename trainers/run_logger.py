@@ -1,0 +1,66 @@
+"""Metric logging from the training loop: rank 0 writes to its MLflow run, other ranks get a null logger.
+
+Logging calls in the loop stay unconditional (nanochat style); the logger decides. Writes are
+buffered and sent with ``MlflowClient.log_batch`` once per report interval: one SQLite ``log_metric``
+costs ~8 ms here, 500 metrics in one batch ~0.3 s.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
+
+
+class NullLogger:
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+class MlflowRunLogger:
+    """Buffers metrics for one existing MLflow run and writes them in batches."""
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.run_id = run_id
+        self._buffer: list[Any] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        for key, value in metrics.items():
+            value = float(value)
+            if math.isnan(value):  # MLflow stores NaN, but charts and comparisons choke on it
+                continue
+            self._buffer.append(Metric(key, value, now, step))
+
+    def flush(self) -> None:
+        while self._buffer:
+            chunk, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
+            with_retries(lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk))
+
+
+def with_retries(fn, attempts: int = 8, delay: float = 0.2):
+    """Retry ``fn`` on SQLite's 'database is locked' (concurrent trials share one file)."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as err:  # noqa: BLE001 - MLflow wraps the SQLAlchemy error in several types
+            if "locked" not in str(err).lower() or i == attempts - 1:
+                raise
+            time.sleep(delay * (2**i))
+    return None
+
+
+def create_logger(rank: int, tracking_uri: str | None, run_id: str | None) -> NullLogger | MlflowRunLogger:
+    if rank != 0 or not tracking_uri or not run_id:
+        return NullLogger()
+    return MlflowRunLogger(tracking_uri, run_id)
