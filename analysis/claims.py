@@ -107,6 +107,10 @@ def _largest_stable(s: SchemeSummary) -> float | None:
     return max(lrs) if lrs else None
 
 
+def _lr(x: float | None) -> str:
+    return "none" if x is None else f"{x:g}"
+
+
 def claim_stability(summaries: Mapping[str, SchemeSummary]) -> Claim:
     text = "WN-family diverges over a wider range of learning rates / init scales than BN"
     bn, family = _present(summaries)
@@ -135,11 +139,13 @@ def claim_stability(summaries: Mapping[str, SchemeSummary]) -> Claim:
         }
         parts.append(
             f"{s.name}: {d_s}/{n_s} trials diverged ({_pct(rate_s)}) vs BN {d_b}/{n_b} ({_pct(rate_b)}) "
-            f"for lr in [{lo:g}, {hi:g}]; largest stable lr {_largest_stable(s) or 'none'} vs BN's "
-            f"{_largest_stable(bn) or 'none'}"
+            f"for lr in [{lo:g}, {hi:g}]; largest stable lr {_lr(_largest_stable(s))} vs BN's "
+            f"{_lr(_largest_stable(bn))}"
         )
     if not holds:
-        return Claim(2, text, NOT_MEASURED, "No WN-family scheme was tried at learning rates BN was tried at.")
+        return Claim(
+            2, text, NOT_MEASURED, "No WN-family scheme was tried at learning rates BN was tried at."
+        )
     reason = "; ".join(parts) + "."
     if not any_div:
         reason += " No trial diverged in the common range: widen the learning-rate grid to probe stability."
@@ -153,7 +159,10 @@ def claim_cost(summaries: Mapping[str, SchemeSummary]) -> Claim:
     if bn is None or bn.norm_share is None or not measured:
         missing = "BN" if bn is None or bn.norm_share is None else "any WN-family scheme"
         return Claim(
-            3, text, NOT_MEASURED, f"No normalization share (scheme metric norm_share) was profiled for {missing}."
+            3,
+            text,
+            NOT_MEASURED,
+            f"No normalization share (scheme metric norm_share) was profiled for {missing}.",
         )
     evidence: dict[str, Any] = {"bn": {"norm_share": bn.norm_share, "conv_share": bn.conv_share}}
     holds, parts = [], []
@@ -163,7 +172,8 @@ def claim_cost(summaries: Mapping[str, SchemeSummary]) -> Claim:
         evidence[s.name] = {"norm_share": s.norm_share, "conv_share": s.conv_share, "holds": ok}
         parts.append(f"{s.name} {_pct(s.norm_share)}")
     reason = (
-        f"Normalization's share of a profiled step: BN {_pct(bn.norm_share)} vs " + ", ".join(parts)
+        f"Normalization's share of a profiled step: BN {_pct(bn.norm_share)} vs "
+        + ", ".join(parts)
         + f". Paper: BN ~{_pct(PAPER['bn_share'])}, convolutions ~{_pct(PAPER['conv_share'])}."
     )
     return Claim(3, text, _overall(holds), reason, evidence)
@@ -178,33 +188,49 @@ def evaluate_claims(summaries: Mapping[str, SchemeSummary]) -> list[Claim]:
 
 
 def our_setup(params: Mapping[str, str]) -> str:
-    """One line describing the study's scale from its flattened spec."""
+    """One line describing the study's scale from its flattened spec (unknown parts left out)."""
     get = params.get
-    data = get("data.kind", "?")
+    data = get("data.kind") or "unknown data"
     if data == "folder":
         data = f"folder {get('data.path', '?')}"
     elif data == "generated":
-        data = f"generated ({get('data.num_classes', '?')} classes, {get('data.train_size', '?')} train images)"
-    length = f"{get('training.max_steps')} steps" if get("training.max_steps") not in (None, "None") else (
-        f"{get('training.epochs', '?')} epochs"
-    )
-    px = get("data.image_size")
-    hw = get("provenance.hardware")
-    return (
-        f"{get('model.arch', '?')} on {data}{f', {px} px' if px else ''}, batch {get('training.batch_size', '?')}, "
-        f"{length}{f', {hw}' if hw else ''}"
-    )
+        detail = ", ".join(
+            f"{get(k)} {what}"
+            for k, what in (("data.num_classes", "classes"), ("data.train_size", "train images"))
+            if get(k)
+        )
+        data = f"generated data ({detail})" if detail else "generated data"
+    parts = [f"{get('model.arch') or 'unknown model'} on {data}"]
+    if get("data.image_size"):
+        parts.append(f"{get('data.image_size')} px")
+    if get("training.batch_size"):
+        parts.append(f"batch {get('training.batch_size')}")
+    if get("training.max_steps") not in (None, "", "None"):
+        parts.append(f"{get('training.max_steps')} steps")
+    elif get("training.epochs"):
+        parts.append(f"{get('training.epochs')} epochs")
+    if get("provenance.hardware"):
+        parts.append(get("provenance.hardware"))
+    workers = get("scaling.num_workers")
+    if workers:
+        parts.append(f"{workers} DDP worker{'' if workers == '1' else 's'} a trial")
+    return ", ".join(parts)
 
 
-def paper_comparison(claims: list[Claim], summaries: Mapping[str, SchemeSummary], params: Mapping[str, str]) -> list[dict]:
+def paper_comparison(
+    claims: list[Claim], summaries: Mapping[str, SchemeSummary], params: Mapping[str, str]
+) -> list[dict]:
     """Rows of (quantity, paper, ours) for the report's side-by-side table."""
     c1, c2, c3 = claims
     fam = [n for n in WN_FAMILY if n in c1.evidence]
     test = "; ".join(f"{n} {pts(c1.evidence[n]['test_minus_bn'])}" for n in fam) or "not measured"
     train = "; ".join(f"{n} {pts(c1.evidence[n]['train_minus_bn'])}" for n in fam) or "not measured"
-    div = "; ".join(
-        f"{n} {_pct(s.divergence_rate)}" for n, s in summaries.items() if s.divergence_rate is not None
-    ) or "not measured"
+    div = (
+        "; ".join(
+            f"{n} {_pct(s.divergence_rate)}" for n, s in summaries.items() if s.divergence_rate is not None
+        )
+        or "not measured"
+    )
     bn = summaries.get("bn")
     return [
         {"quantity": "Setup", "paper": PAPER["setup"], "ours": our_setup(params)},
@@ -221,5 +247,9 @@ def paper_comparison(claims: list[Claim], summaries: Mapping[str, SchemeSummary]
             "paper": f"~{_pct(PAPER['conv_share'])}",
             "ours": _pct(bn.conv_share) if bn and bn.conv_share is not None else "not measured",
         },
-        {"quantity": "Verdicts", "paper": "claims 1–3 hold", "ours": "; ".join(f"{c.id}: {c.verdict}" for c in (c1, c2, c3))},
+        {
+            "quantity": "Verdicts",
+            "paper": "claims 1–3 hold",
+            "ours": "; ".join(f"{c.id}: {c.verdict}" for c in (c1, c2, c3)),
+        },
     ]

@@ -31,13 +31,6 @@ class Stat:
     std: float | None
     n: int
 
-    def fmt(self, scale: float = 100.0, digits: int = 1, unit: str = "%") -> str:
-        if self.mean is None:
-            return "n/a"
-        s = f"{self.mean * scale:.{digits}f}"
-        s += f" ± {self.std * scale:.{digits}f}" if self.std is not None else " (1 seed)" if self.n == 1 else ""
-        return s + unit
-
 
 def stat(values: Iterable[float | None]) -> Stat:
     xs = [float(v) for v in values if v is not None and math.isfinite(v)]
@@ -155,7 +148,13 @@ def stability_map(trials: Sequence[TrialData]) -> StabilityMap:
     for t in done:
         by_cell[(lr_level[t.lr], is_level[t.init_scale])].append(t)
     cells = [
-        Cell(lr, s, len(ts), sum(t.diverged for t in ts), stat(t.final("final_test_top1") for t in ts if not t.diverged).mean)
+        Cell(
+            lr,
+            s,
+            len(ts),
+            sum(t.diverged for t in ts),
+            stat(t.final("final_test_top1") for t in ts if not t.diverged).mean,
+        )
         for (lr, s), ts in sorted(by_cell.items(), key=lambda kv: (kv[0][1] or 0.0, kv[0][0]))
     ]
     init_scales = sorted({c.init_scale for c in cells}, key=lambda s: s or 0.0)

@@ -103,9 +103,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """One trial through Ray Train's TorchTrainer (N workers from the spec), outside any Tune study."""
     import ray
+    import ray.train
     from ray.train.torch import TorchTrainer
 
-    import ray.train
     from study import spec as spec_mod
     from study.runner import check_placeable, init_ray, resolve_paths
     from study.tracking import StudyTracker
@@ -143,8 +143,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     tracker.finish(run.info.run_id)
     keys = ["steps_done", "diverged", "divergence_cause", "divergence_step", "divergence_layer",
             "final_train_top1", "final_test_top1", "final_gap", "step_time_mean_s"]
-    print(f"{args.scheme}: " + "  ".join(f"{k}={metrics[k]:.4g}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
-                                         for k in keys if k in metrics))
+    shown = [f"{k}={metrics[k]:.4g}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
+             for k in keys if k in metrics]
+    print(f"{args.scheme}: " + "  ".join(shown))
     print(f"MLflow run {run.info.run_id} in {spec.tracking.tracking_uri}")
     return 0
 

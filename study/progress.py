@@ -16,9 +16,11 @@ class TrialProgress(Callback):
 
     def _line(self, trial: Any, note: str) -> None:
         self.done += 1
-        cfg = {k: v for k, v in (trial.config or {}).items() if isinstance(v, int | float)}
+        config = dict((trial.config or {}).get("point", trial.config or {}))
+        scheme = config.pop("scheme", self.scheme)
+        cfg = {k: v for k, v in config.items() if isinstance(v, int | float)}
         hp = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(cfg.items()))
-        print(f"[{self.done:3d}/{self.total}] {time.time() - self.started:6.0f}s  {self.scheme:9s} {hp:45s} {note}",
+        print(f"[{self.done:3d}/{self.total}] {time.time() - self.started:6.0f}s  {scheme:9s} {hp:45s} {note}",
               file=self.out, flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -26,7 +28,8 @@ class TrialProgress(Callback):
         if r.get("diverged", 0) >= 1:
             note = f"diverged at step {int(r.get('divergence_step', -1))}: {r.get('divergence_cause', '?')}"
         else:
-            note = f"train {r.get('final_train_top1', float('nan')):.3f}  test {r.get('final_test_top1', float('nan')):.3f}"
+            nan = float("nan")
+            note = f"train {r.get('final_train_top1', nan):.3f}  test {r.get('final_test_top1', nan):.3f}"
         self._line(trial, note)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -18,10 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from study import provenance
-from study import spec as spec_mod
-from study.spec import SpecError, StudySpec
-from study.tracking import ROLE, STUDY, StudyTracker, resolve_uri
+# The legacy reporter honours verbose=0; the new one still prints tables (we print a line a trial).
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+from study import provenance  # noqa: E402
+from study import spec as spec_mod  # noqa: E402
+from study.spec import SpecError, StudySpec  # noqa: E402
+from study.tracking import ROLE, STUDY, StudyTracker, resolve_uri  # noqa: E402
 
 
 @dataclass
@@ -118,31 +121,60 @@ def run_study(spec: StudySpec, *, resume: bool = False, fresh: bool = False, out
     result = StudyResult(study_run, spec.tracking.tracking_uri, spec.tracking.experiment, str(root))
     plans = {e.name: _plan(spec, e.name) for e in spec.schemes}
     progress = TrialProgress(total=sum(p["trials"] for p in plans.values()), out=out)
-
+    parent_runs = {}
     for entry in spec.schemes:
-        scheme = entry.name
-        scheme_params = {"scheme": scheme, "search.mode": spec.search.mode,
+        scheme_params = {"scheme": entry.name, "search.mode": spec.search.mode,
                          **{f"scheme_option.{k}": v for k, v in entry.options.items()}}
-        scheme_run = tracker.scheme_run(study, scheme, study_run, scheme_params)
-        _profile_scheme(tracker, scheme_run, spec, scheme)
-        trainable = tune.with_parameters(run_trial, study_spec=spec.to_dict(), scheme=scheme, parent_run_id=scheme_run)
-        cpus = 0 if uses_torch_trainer(spec) else spec.scaling.cpus_per_worker
-        trainable = tune.with_resources(trainable, {"CPU": cpus})
-        path = root / scheme
-        progress.scheme = scheme
+        parent_runs[entry.name] = tracker.scheme_run(study, entry.name, study_run, scheme_params)
+        _profile_scheme(tracker, parent_runs[entry.name], spec, entry.name)
+
+    trainable = tune.with_parameters(run_trial, study_spec=spec.to_dict(), parent_runs=parent_runs)
+    cpus = 0 if uses_torch_trainer(spec) else spec.scaling.cpus_per_worker
+    if spec.search.mode == "grid":
+        # One experiment holds every scheme's grid: trial actors are reused across schemes (a new
+        # experiment per scheme pays the actor start-up — ~20 s on 2 cores — once per scheme).
+        experiments = [("grid", None, grid_points(spec))]
+    else:
+        experiments = [(e.name, e.name, None) for e in spec.schemes]
+    for name, scheme, points in experiments:
+        wrapped = tune.with_resources(tune.with_parameters(trainable, scheme=scheme) if scheme else trainable,
+                                      {"CPU": cpus})
+        path = root / name
+        progress.scheme = scheme or ""
         if resume and tune.Tuner.can_restore(str(path)):
-            tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+            tuner = tune.Tuner.restore(str(path), trainable=wrapped, resume_unfinished=True, resume_errored=True)
         else:
-            tuner = _new_tuner(spec, scheme, trainable, plans[scheme], progress, str(root))
+            tuner = _new_tuner(spec, name, scheme, points, wrapped, progress, str(root))
         grid = tuner.fit()
-        _close_stopped_trials(tracker, study, scheme)
         for r in grid:
-            result.outcomes.append(TrialOutcome(scheme, _hp_of(r.config), dict(r.metrics or {}),
+            hp = dict((r.config or {}).get("point", r.config or {}))
+            result.outcomes.append(TrialOutcome(hp.pop("scheme", scheme), _hp_of(hp), dict(r.metrics or {}),
                                                 None if r.error is None else repr(r.error)))
-        tracker.finish(scheme_run)
+    for entry in spec.schemes:
+        _close_stopped_trials(tracker, study, entry.name)
+        tracker.finish(parent_runs[entry.name])
     tracker.finish(study_run)
     result.seconds = time.time() - started
     return result
+
+
+def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
+    """Every (scheme, lr, init scale, seed) point of a grid study, scheme-major; init scale only where
+    the scheme has one (the stability map's second axis)."""
+    from trainers import norms
+
+    s = spec.search
+    points = []
+    for entry in spec.schemes:
+        scales = s.grid_init_scale if norms.get(entry.name).has_init_scale else [None]
+        for lr in s.grid_lr:
+            for scale in scales:
+                for seed in s.seeds:
+                    point = {"scheme": entry.name, "lr": lr, "seed": seed}
+                    if scale is not None:
+                        point["init_scale"] = scale
+                    points.append(point)
+    return points
 
 
 def _plan(spec: StudySpec, scheme: str) -> dict[str, Any]:
@@ -157,15 +189,14 @@ def _plan(spec: StudySpec, scheme: str) -> dict[str, Any]:
     return {"trials": n, "has_init_scale": has_init}
 
 
-def _new_tuner(spec: StudySpec, scheme: str, trainable, plan: dict[str, Any], progress, root: str):
+def _new_tuner(spec: StudySpec, name: str, scheme: str | None, points: list[dict[str, Any]] | None,
+               trainable, progress, root: str):
     from ray import tune
 
     s = spec.search
     metric, mode = "objective", s.mode_direction
-    if s.mode == "grid":
-        space: dict[str, Any] = {"lr": tune.grid_search(s.grid_lr), "seed": tune.grid_search(s.seeds)}
-        if plan["has_init_scale"]:
-            space["init_scale"] = tune.grid_search(s.grid_init_scale)
+    if points is not None:
+        space: dict[str, Any] = {"point": tune.grid_search(points)}
         search_alg, num_samples = None, 1
     else:
         from ray.tune.search.optuna import OptunaSearch
@@ -176,11 +207,11 @@ def _new_tuner(spec: StudySpec, scheme: str, trainable, plan: dict[str, Any], pr
         seed = s.seeds[0]
 
         def define(trial) -> dict[str, Any]:
-            for name, d in dims.items():
+            for dim_name, d in dims.items():
                 if d.type == "int":
-                    trial.suggest_int(name, int(d.min), int(d.max), log=d.scaling == "log")
+                    trial.suggest_int(dim_name, int(d.min), int(d.max), log=d.scaling == "log")
                 else:
-                    trial.suggest_float(name, d.min, d.max, log=d.scaling == "log")
+                    trial.suggest_float(dim_name, d.min, d.max, log=d.scaling == "log")
             return {"seed": seed}
 
         # metric/mode on the searcher itself: it ignores TuneConfig's with a define-by-run space.
@@ -197,7 +228,7 @@ def _new_tuner(spec: StudySpec, scheme: str, trainable, plan: dict[str, Any], pr
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
                                     max_concurrent_trials=max_concurrent(spec),
                                     reuse_actors=True),
-        run_config=tune.RunConfig(name=scheme, storage_path=root, callbacks=[progress], verbose=0,
+        run_config=tune.RunConfig(name=name, storage_path=root, callbacks=[progress], verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=spec.scaling.max_failures),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )

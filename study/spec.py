@@ -180,6 +180,9 @@ class StudySpec(_Section):
     def _schemes_form(cls, v: Any) -> Any:
         # Accept a list of names, a list of {name, options}, or a mapping name -> options.
         if isinstance(v, Mapping):
+            for k, o in v.items():
+                if o is not None and not isinstance(o, Mapping):
+                    raise ValueError(f"options of scheme '{k}' must be a mapping of option: value, got {o!r}")
             return [{"name": k, "options": dict(o or {})} for k, o in v.items()]
         if isinstance(v, list):
             return [{"name": e} if isinstance(e, str) else e for e in v]
@@ -245,11 +248,11 @@ def from_dict(raw: Mapping[str, Any] | None) -> StudySpec:
     try:
         return StudySpec.model_validate(dict(raw))
     except ValidationError as err:
-        raise SpecError(_format_error(err)) from None
+        raise SpecError(_format_error(err).replace("\n", "\\n")) from None  # one line, even for odd keys
     except SpecError:
         raise
     except (KeyError, TypeError, ValueError) as err:  # e.g. a scheme's option check
-        raise SpecError(str(err).strip("'\"")) from None
+        raise SpecError(str(err).strip("'\"").replace("\n", "\\n")) from None
 
 
 def load(path: str | os.PathLike[str] | None = None, overrides: Iterable[str] = ()) -> StudySpec:

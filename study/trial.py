@@ -35,17 +35,23 @@ def uses_torch_trainer(spec: StudySpec) -> bool:
     return s.torch_trainer == "always" or s.num_workers > 1 or s.use_gpu
 
 
-def run_trial(config: dict[str, Any], *, study_spec: dict[str, Any], scheme: str, parent_run_id: str) -> None:
-    """Tune function trainable (wrapped with ``tune.with_parameters`` for the fixed arguments);
-    ``config`` holds this trial's sampled hyperparameters (``lr``, ``init_scale``, ``seed``, ...)."""
+def run_trial(config: dict[str, Any], *, study_spec: dict[str, Any], parent_runs: dict[str, str],
+              scheme: str | None = None) -> None:
+    """Tune function trainable (wrapped with ``tune.with_parameters`` for the fixed arguments).
+
+    ``config`` holds this trial's sampled hyperparameters (``lr``, ``init_scale``, ``seed``, ...); in grid
+    mode it is ``{"point": {"scheme": ..., "lr": ..., ...}}`` (one experiment holds every scheme).
+    ``parent_runs`` maps each scheme to its MLflow scheme run.
+    """
     import ray.tune
 
-    hp = dict(config)
+    hp = dict(config.get("point", config))
+    scheme = hp.pop("scheme", scheme)
     spec = resolve_trial_spec(study_spec, scheme, hp)
     trial_id = ray.tune.get_context().get_trial_id()
     tracker = StudyTracker(spec.tracking.tracking_uri, spec.tracking.experiment)
     resuming = ray.tune.get_checkpoint() is not None
-    run_id = _trial_run(tracker, spec, scheme, trial_id, parent_run_id, hp, resuming)
+    run_id = _trial_run(tracker, spec, scheme, trial_id, parent_runs[scheme], hp, resuming)
     loop_config = {"spec": spec.to_dict(), "scheme": scheme, "tracking_uri": spec.tracking.tracking_uri,
                    "run_id": run_id}
     try:

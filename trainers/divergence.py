@@ -119,11 +119,12 @@ class DivergenceMonitor:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.param_names: list[str] = [n for n, _ in named]
         self._params: list[nn.Parameter] = [p for _, p in named]
+        self._all_f32 = all(p.dtype == _F32 for p in self._params)
         cand = [p.dim() >= 2 or n.rsplit(".", 1)[-1] in ("weight", "g") for n, p in named]
         if not any(cand):
             cand = [True] * len(named)
-        self._cand = torch.tensor(cand, dtype=torch.bool)
-        self._g_mask = torch.tensor([n.rsplit(".", 1)[-1] == "g" for n in self.param_names], dtype=torch.bool)
+        self._cand: list[bool] = cand
+        self._g_mask = [n.rsplit(".", 1)[-1] == "g" for n in self.param_names]
         self._stages = self._find_stages(model)
 
         # rule state (plain Python, survives flushes; state_dict/load_state_dict)
@@ -133,7 +134,7 @@ class DivergenceMonitor:
         self._spike_count = 0
         self._last_step = 0
         self._last_finite_layer = ""  # largest grad/weight ratio at the latest all-finite-grad step
-        self._wnorm_ref: torch.Tensor | None = None  # CPU, ‖w‖ per parameter at the latest detailed step
+        self._wnorm_ref: list[float] | None = None  # ‖w‖ per parameter at the latest detailed step
         self.latest_update_ratio_layer = ""
         self.divergence: Divergence | None = None  # the first divergence ever found
 
@@ -149,7 +150,7 @@ class DivergenceMonitor:
         self._snap: list[torch.Tensor] | None = None
         self._handles: list[Any] = []
         self._act: dict[tuple[int, str], list[torch.Tensor]] = {}
-        self._last_gnorms: torch.Tensor | None = None
+        self._last_vec: torch.Tensor | None = None  # [loss, grad norms...] of the last record
 
     # ------------------------------------------------------------------ per step (no host-device sync)
     def start_step(self, step: int, detailed: bool) -> None:
@@ -174,14 +175,14 @@ class DivergenceMonitor:
         else:
             grads = [p.grad for p in self._params]
             if all(g is not None for g in grads):
-                norms = list(torch._foreach_norm(grads, 2, dtype=_F32))
+                norms = torch._foreach_norm(grads, 2, dtype=None if self._all_f32 else _F32)
             else:
                 present = [g for g in grads if g is not None]
                 it = iter(torch._foreach_norm(present, 2, dtype=_F32) if present else ())
                 zero = loss.new_zeros(())
                 norms = [next(it) if g is not None else zero for g in grads]
             vec = torch.stack([loss, *norms])
-            self._last_gnorms = vec[1:]
+            self._last_vec = vec
         self._steps.append(self._step)
         self._vecs.append(vec)
         self._recorded = True
@@ -205,9 +206,9 @@ class DivergenceMonitor:
     def last_grad_norm(self) -> torch.Tensor | None:
         """The global gradient norm of the last ``record`` as a device tensor (no sync), e.g. for clipping
         without recomputing the norms; None when the monitor is disabled or nothing was recorded yet."""
-        if self._last_gnorms is None:
+        if self._last_vec is None:
             return None
-        return torch.linalg.vector_norm(self._last_gnorms)
+        return torch.linalg.vector_norm(self._last_vec[1:])
 
     # ------------------------------------------------------------------ report (the one sync)
     def flush(self) -> MonitorReport:
@@ -230,53 +231,54 @@ class DivergenceMonitor:
         dev = parts[0].device
         flat = torch.cat([p.to(dev, _F32) for p in parts]).cpu()  # the ONE host-device sync
 
+        # the rest is plain Python on small lists (torch ops on 30-element CPU tensors cost more)
+        vals = flat.tolist()
         width = vecs[0].numel()
-        base = flat[: len(steps) * width].view(len(steps), width)
-        losses = base[:, 0].tolist()
+        rows = [vals[i * width: (i + 1) * width] for i in range(len(steps))]
         off = len(steps) * width
         d_width = 2 * n_par + 3 * len(self._stages)
         dvecs = {}
         for s in detail_steps:
-            dvecs[s] = flat[off: off + d_width]
+            dvecs[s] = vals[off: off + d_width]
             off += d_width
-        cur_wnorm = flat[off: off + n_par] if fallback else None
+        cur_wnorm = vals[off: off + n_par] if fallback else None
 
-        gstats = None
-        if self.enabled:
-            g = base[:, 1:]
-            g64 = g.double()
-            gnorm = g64.pow(2).sum(1).sqrt().tolist()
-            gmax = g.max(1).values.tolist() if n_par else [0.0] * len(steps)
-            gfinite = torch.isfinite(g).all(1).tolist()
-            gstats = (g, gnorm, gmax, gfinite)
-
+        # layer attribution is lazy: (grad norms, weight norms) of the latest all-finite-gradient step are
+        # kept, and a ratio argmax is computed only for a divergence and once at the end of the flush
+        last_finite: tuple[list[float], list[float] | None] | None = None
         found: Divergence | None = None
         for i, step in enumerate(steps):
             m = per_step.setdefault(step, {})
-            loss = losses[i]
+            loss = rows[i][0]
             m["loss"] = loss
             cause = self._loss_rules(loss, m)
             if step in dvecs:
                 self._detailed_metrics(dvecs[step], m)
-            layer_here = ""
-            if gstats is not None:
-                g, gnorm, gmax, gfinite = gstats
-                m["grad_norm"] = gnorm[i]
-                m["grad_norm_max"] = gmax[i]
-                wref = self._wnorm_ref if self._wnorm_ref is not None else cur_wnorm
-                if gfinite[i]:
-                    layer_here = self._largest_ratio(g[i], wref)
-                if math.isfinite(loss) and not gfinite[i]:  # outranks explosion/spike
-                    cause = "non_finite_grad"
-                    bad = (~torch.isfinite(g[i])).nonzero().flatten().tolist()
-                    layer_here = self.param_names[bad[-1]]
+            if not self.enabled:
+                if cause is not None and found is None:
+                    found = Divergence(cause, step, "")
+                continue
+            g = rows[i][1:]
+            finite = all(map(math.isfinite, g))
+            m["grad_norm"] = math.sqrt(math.fsum(v * v for v in g))
+            m["grad_norm_max"] = _nanmax(g) if g else 0.0
+            wref = self._wnorm_ref if self._wnorm_ref is not None else cur_wnorm
+            if math.isfinite(loss) and not finite:  # outranks explosion/spike
+                cause = "non_finite_grad"
             if cause is not None and found is None:
-                if cause == "non_finite_loss" or layer_here == "":
-                    layer_here = self._last_finite_layer if gstats is not None else ""
-                found = Divergence(cause, step, layer_here)
-            if gstats is not None and gstats[3][i]:
-                self._last_finite_layer = layer_here
-            self._last_step = step
+                layer = ""
+                if cause == "non_finite_grad":
+                    layer = self.param_names[max(j for j, v in enumerate(g) if not math.isfinite(v))]
+                elif cause != "non_finite_loss" and finite:
+                    layer = self._largest_ratio(g, wref)
+                if not layer:
+                    layer = self._largest_ratio(*last_finite) if last_finite else self._last_finite_layer
+                found = Divergence(cause, step, layer)
+            if finite:
+                last_finite = (g, wref)
+        self._last_step = steps[-1]
+        if last_finite is not None:
+            self._last_finite_layer = self._largest_ratio(*last_finite)
 
         latest: dict[str, float] = {}
         for step in steps:
@@ -311,44 +313,43 @@ class DivergenceMonitor:
             cause = "loss_spike"
         return cause
 
-    def _detailed_metrics(self, d: torch.Tensor, m: dict[str, float]) -> None:
+    def _detailed_metrics(self, d: list[float], m: dict[str, float]) -> None:
         n = len(self._params)
         wn, dw, act = d[:n], d[n: 2 * n], d[2 * n:]
         if n:
-            w64, d64 = wn.double(), dw.double()
-            wtot = w64.pow(2).sum().sqrt().item()
-            dtot = d64.pow(2).sum().sqrt().item()
+            wtot = math.sqrt(math.fsum(v * v for v in wn))
+            dtot = math.sqrt(math.fsum(v * v for v in dw))
             m["update_ratio"] = dtot / wtot if wtot > 0 else float("nan")
-            ratio = torch.where(wn > 0, dw / wn, torch.full_like(wn, float("nan")))
-            cr = ratio[self._cand]
-            valid = cr[~torch.isnan(cr)]
-            m["update_ratio_max"] = valid.max().item() if valid.numel() else float("nan")
+            ratio = [b / a if a > 0 else float("nan") for a, b in zip(wn, dw, strict=True)]
+            cand = [r for r, c in zip(ratio, self._cand, strict=True) if c and not math.isnan(r)]
+            m["update_ratio_max"] = max(cand) if cand else float("nan")
             layer = self._argmax_name(ratio)
             if layer:
                 self.latest_update_ratio_layer = layer
             m["weight_norm"] = wtot
-            if bool(self._g_mask.any()):
-                m["wn_g_norm"] = w64[self._g_mask].pow(2).sum().sqrt().item()
-            if bool(torch.isfinite(wn).all()):
-                self._wnorm_ref = wn.clone()
+            if any(self._g_mask):
+                gains = [v for v, g in zip(wn, self._g_mask, strict=True) if g]
+                m["wn_g_norm"] = math.sqrt(math.fsum(v * v for v in gains))
+            if all(map(math.isfinite, wn)):
+                self._wnorm_ref = list(wn)
         for k, st in enumerate(self._stages):
             for j, key in enumerate(("act_mean", "act_std", "dead_frac")):
-                v = act[3 * k + j].item()
+                v = act[3 * k + j]
                 if not math.isnan(v):
                     m[f"{key}/{st.name}"] = v
 
-    def _largest_ratio(self, gn: torch.Tensor, wref: torch.Tensor | None) -> str:
+    def _largest_ratio(self, gn: list[float], wref: list[float] | None) -> str:
         if wref is None:
             return ""
-        ratio = torch.where(wref > 0, gn / wref, torch.full_like(gn, float("nan")))
-        return self._argmax_name(ratio)
+        return self._argmax_name([b / a if a > 0 else float("nan") for a, b in zip(wref, gn, strict=True)])
 
-    def _argmax_name(self, ratio: torch.Tensor) -> str:
+    def _argmax_name(self, ratio: list[float]) -> str:
         """Name of the candidate parameter with the largest finite ratio; "" if none."""
-        r = torch.where(self._cand & torch.isfinite(ratio), ratio, torch.full_like(ratio, -math.inf))
-        if r.numel() == 0 or not bool(torch.isfinite(r).any()):
-            return ""
-        return self.param_names[int(r.argmax())]
+        best, name = -math.inf, ""
+        for r, c, n in zip(ratio, self._cand, self.param_names, strict=True):
+            if c and math.isfinite(r) and r > best:
+                best, name = r, n
+        return name
 
     # ------------------------------------------------------------------ activation hooks
     @staticmethod
@@ -382,7 +383,12 @@ class DivergenceMonitor:
         def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
             if isinstance(out, torch.Tensor):
                 with torch.no_grad():
-                    std, mean = torch.std_mean(out.detach().to(_F32), correction=0)
+                    # E[y²] − E[y]² from a mean and a norm: two fast passes, where std_mean's Welford
+                    # pass costs ~100× more on CPU (it alone would exceed the overhead budget).
+                    y = out.detach().to(_F32)
+                    mean = y.mean()
+                    sq = torch.linalg.vector_norm(y).square() / max(y.numel(), 1)
+                    std = (sq - mean.square()).clamp_min(0).sqrt()
                 self._act.setdefault((k, "mean"), []).append(mean)
                 self._act.setdefault((k, "std"), []).append(std)
 
@@ -392,9 +398,12 @@ class DivergenceMonitor:
         def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
             if isinstance(out, torch.Tensor) and out.dim() >= 2:
                 with torch.no_grad():
+                    # reduce the batch dim first (contiguous, fast on CPU), then the positions
                     y = out.detach()
-                    dims = (0, *range(2, y.dim()))
-                    dead = (y.amax(dims) == y.amin(dims)).to(_F32).mean()
+                    hi, lo = y.amax(0), y.amin(0)
+                    if hi.dim() > 1:
+                        hi, lo = hi.reshape(hi.shape[0], -1).amax(1), lo.reshape(lo.shape[0], -1).amin(1)
+                    dead = (hi == lo).to(_F32).mean()
                 self._act.setdefault((k, "dead"), []).append(dead)
 
         return hook
@@ -471,7 +480,7 @@ class DivergenceMonitor:
             "last_finite_layer": self._last_finite_layer,
             "latest_update_ratio_layer": self.latest_update_ratio_layer,
             "param_names": list(self.param_names),
-            "wnorm_ref": None if self._wnorm_ref is None else self._wnorm_ref.tolist(),
+            "wnorm_ref": None if self._wnorm_ref is None else list(self._wnorm_ref),
             "divergence": None if self.divergence is None else asdict(self.divergence),
         }
 
@@ -485,7 +494,7 @@ class DivergenceMonitor:
         self.latest_update_ratio_layer = state.get("latest_update_ratio_layer", "")
         wref = state.get("wnorm_ref")
         same = state.get("param_names") == self.param_names
-        self._wnorm_ref = torch.tensor(wref, dtype=_F32) if wref is not None and same else None
+        self._wnorm_ref = [float(v) for v in wref] if wref is not None and same else None
         div = state.get("divergence")
         self.divergence = Divergence(**div) if div else None
         self._steps, self._vecs, self._detail = [], [], {}
@@ -494,6 +503,13 @@ class DivergenceMonitor:
     def last_step(self) -> int:
         """The last step flushed (0 before any)."""
         return self._last_step
+
+
+def _nanmax(xs: list[float]) -> float:
+    """max() that returns NaN when any element is NaN (Python's max depends on the order then)."""
+    if any(math.isnan(x) for x in xs):
+        return float("nan")
+    return max(xs)
 
 
 def _normalize_(vs: list[torch.Tensor]) -> float:

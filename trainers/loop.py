@@ -128,7 +128,8 @@ def train_loop_per_worker(config: dict[str, Any], session: Session | None = None
         interval_steps += 1
         if spec.divergence.hessian_every and step % spec.divergence.hessian_every == 0:
             with _frozen_batchnorm(module):
-                sharp = monitor.hessian_top_eigenvalue(lambda: criterion(module(x), y), spec.divergence.hessian_iters)
+                sharp = monitor.hessian_top_eigenvalue(lambda x=x, y=y: criterion(module(x), y),
+                                                       spec.divergence.hessian_iters)
             logger.log_metrics({"sharpness": sharp}, step)
 
         at_eval = step % eval_every == 0 or step == total_steps

@@ -9,6 +9,8 @@ device time is used, on CPU the host time.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from typing import Any
 
@@ -56,7 +58,7 @@ def profile_model_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps
     for _ in range(warmup):
         step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if use_cuda else [])
-    with profile(activities=activities) as prof:
+    with _quiet_stderr(), profile(activities=activities) as prof:
         t0 = time.perf_counter()
         for _ in range(steps):
             step()
@@ -66,6 +68,23 @@ def profile_model_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps
     out = shares_from_events(prof.key_averages(), use_cuda)
     out["profile_step_time_s"] = elapsed
     return out
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Kineto prints 'profiler_start/stop' lines on fd 2 from C++; keep the study's output clean."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def profile_step(spec: Any, scheme: str) -> dict[str, float]:

@@ -38,15 +38,20 @@ class DataBundle:
     num_classes: int
     steps_per_epoch: int  # batches per epoch for this rank (drop-last; identical on every rank)
     train: ShardedTrain
-    # A fixed subset of the TRAIN set, eval transforms, this rank's shard: train accuracy without augmentation.
+    # A fixed subset of the TRAIN set, eval transforms, this rank's shard: train accuracy, no augmentation.
     train_eval: Iterable[Batch]
     test: Iterable[Batch]  # the held-out split, eval transforms, this rank's shard
     description: str  # one line, for logs and MLflow
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """A torch generator for ``(seed, epoch)``; SeedSequence mixes the pair so nearby seeds stay unrelated."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch) & 0xFFFFFFFF, 0x5EED]).generate_state(2)
+def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    """A torch generator for ``(seed, epoch, stream)``, mixed by SeedSequence so nearby seeds stay unrelated.
+
+    ``stream`` separates independent uses of one ``(seed, epoch)``: 0 orders the samples, 1 seeds the
+    augmentation, 2 picks the train-eval subset, 3 seeds DataLoader workers.
+    """
+    words = [int(v) & 0xFFFFFFFF for v in (seed, epoch, stream)]
+    state = np.random.SeedSequence([*words, 0x5EED]).generate_state(2)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
@@ -80,13 +85,14 @@ def train_eval_subset(num_samples: int, size: int, seed: int) -> Tensor:
     Seeded by the data seed, not the training seed, so every trial of a study measures train accuracy on
     the same images.
     """
-    perm = torch.randperm(num_samples, generator=epoch_generator(seed, -1))
+    perm = torch.randperm(num_samples, generator=epoch_generator(seed, 0, stream=2))
     return perm[: min(size, num_samples)].sort().values
 
 
 def check_rank(rank: int, world_size: int) -> None:
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} / world_size {world_size}: need world_size >= 1 and 0 <= rank < world_size")
+        raise ValueError(f"rank {rank} / world_size {world_size}: need world_size >= 1 and "
+                         "0 <= rank < world_size")
 
 
 def check_steps(steps: int, num_samples: int, batch_size: int, world_size: int, what: str) -> None:

@@ -35,7 +35,7 @@ def scan_folder(data: DataSpec) -> FolderSplits:
     """Scan train and val; raise FileNotFoundError / ValueError with the path and the fix."""
     if not data.path:
         raise ValueError("data.path: required when data.kind is 'folder'; give an ImageNet-layout folder")
-    root = Path(data.path).expanduser()
+    root = Path(data.path).expanduser().absolute()  # workers may change directory later
     if not root.is_dir():
         raise FileNotFoundError(
             f"data.path: folder '{root}' not found; give an ImageNet-layout folder "

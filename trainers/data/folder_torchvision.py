@@ -58,7 +58,8 @@ class FileDataset(Dataset):
 
     With a seed, the transform's random draws come from ``torch.manual_seed(sample_seed)`` inside
     ``fork_rng``, so augmentation is reproducible and the caller's global RNG is left untouched
-    (it matters with ``num_workers=0``, where this runs in the training process).
+    (it matters with ``num_workers=0``, where this runs in the training process). Eval transforms are
+    deterministic and take plain indices.
     """
 
     def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable[[Any], Tensor]) -> None:
@@ -93,8 +94,8 @@ class TorchvisionTrain:
         n = len(self.dataset)
         idx = train_shard(n, batch_size=self.batch_size, rank=self.rank, world_size=self.world_size,
                           seed=self.seed, epoch=epoch)
-        # Drawn after the permutation from the same generator: a seed per position of the global order.
-        seeds = torch.randint(0, 2**62, (n,), generator=_seed_generator(self.seed, epoch))
+        # One augmentation seed per position of the global order, from its own stream of (seed, epoch).
+        seeds = torch.randint(0, 2**62, (n,), generator=epoch_generator(self.seed, epoch, stream=1))
         seeds = seeds[self.rank::self.world_size][: len(idx)]
         return list(zip(idx.tolist(), seeds.tolist(), strict=True))
 
@@ -102,14 +103,10 @@ class TorchvisionTrain:
         keys = self.keys(epoch)[max(0, start) * self.batch_size:]
         if not keys:
             return iter(())
+        # Its own generator: DataLoader otherwise draws its worker base seed from the global RNG.
         return iter(DataLoader(self.dataset, batch_size=self.batch_size, sampler=keys, drop_last=True,
-                               num_workers=self.num_workers, pin_memory=self.pin_memory))
-
-
-def _seed_generator(seed: int, epoch: int) -> torch.Generator:
-    g = epoch_generator(seed, epoch)
-    torch.randperm(1, generator=g)  # a distinct stream from the permutation's, same (seed, epoch)
-    return epoch_generator(seed ^ 0x0A06, epoch)
+                               num_workers=self.num_workers, pin_memory=self.pin_memory,
+                               generator=epoch_generator(self.seed, epoch, stream=3)))
 
 
 def build_torchvision(data: DataSpec, *, batch_size: int, rank: int, world_size: int, seed: int,
@@ -119,12 +116,13 @@ def build_torchvision(data: DataSpec, *, batch_size: int, rank: int, world_size:
     train_ds = FileDataset(splits.train, train_transform(data.image_size))
     train = TorchvisionTrain(train_ds, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed,
                              num_workers=data.loader_workers, pin_memory=pin)
-    check_steps(train.steps_per_epoch, len(train_ds), batch_size, world_size, f"data.path {splits.train_root}")
+    check_steps(train.steps_per_epoch, len(train_ds), batch_size, world_size,
+                f"data.path {splits.train_root}")
 
     def eval_loader(samples: Sequence[tuple[str, int]], indices: Tensor) -> DataLoader:
         ds = FileDataset(samples, eval_transform(data.image_size, data.eval_resize))
         return DataLoader(ds, batch_size=batch_size, sampler=indices.tolist(), drop_last=False,
-                          num_workers=data.loader_workers, pin_memory=pin)
+                          num_workers=data.loader_workers, pin_memory=pin, generator=torch.Generator())
 
     subset = train_eval_subset(len(splits.train), data.train_eval_size, data.data_seed)
     return DataBundle(

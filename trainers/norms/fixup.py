@@ -19,7 +19,7 @@ block, 3 in a bottleneck), Fixup (paper §3, "Fixup initialization"):
 So at init every branch outputs exactly 0, each block is relu(shortcut), and the logits are 0.
 The stem is conv → scalar bias → ReLU (the stem's "norm" slot holds the scalar bias), the classifier
 fc(x + bias). L is known only once the whole model is built, so steps 1–2 run in ``finalize``.
-``rescale_branches`` / ``zero_init`` switch steps 2 / 1 off for ablations (the paper's Table 3).
+``rescale_branches`` / ``zero_init`` switch steps 2 / 1 off, for the paper's ablations.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ class Fixup(NormScheme):
     name = "fixup"
     paper = "Zhang, Dauphin & Ma 2019, arXiv 1901.09321"
     Options = FixupOptions
-    search_family = "fixup"
+    search_family = "default"  # search_spaces/default.yaml: BN's nuisance space
 
     def norm(self, channels: int) -> nn.Module:
         return ScalarBias()  # only the stem asks for a norm: conv → bias → ReLU

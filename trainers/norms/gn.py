@@ -40,7 +40,7 @@ class GroupNorm(NormScheme):
     name = "gn"
     paper = "Wu & He 2018, arXiv 1803.08494"
     Options = GroupNormOptions
-    search_family = "gn"
+    search_family = "default"  # search_spaces/default.yaml: BN's nuisance space
 
     def norm(self, channels: int) -> nn.Module:
         return nn.GroupNorm(num_groups(channels, self.options.groups), channels, eps=self.options.eps)

@@ -32,12 +32,12 @@ No normalization layers and no batch statistics. Three parts:
    global pooling. Classifier: a plain linear layer with weights ~ N(0, 0.01²) and zero bias
    (``fc_init_std``, DeepMind's NF-ResNet; 0 gives the NFNets' zero init).
 
-3. Adaptive gradient clipping (NFNets §4.1), unit-wise: for each output unit i (a row of a weight, a
+3. Adaptive gradient clipping (NFNets §4), unit-wise: for each output unit i (a row of a weight, a
    conv's filter; a whole vector or scalar for gains and biases) with ‖W_i‖* = max(‖W_i‖, ε), ε = 1e-3,
 
        G_i ← λ · ‖W_i‖* / ‖G_i‖ · G_i     if ‖G_i‖ / ‖W_i‖* > λ,   else G_i unchanged
 
-   applied to every parameter except the final classifier's (the paper: clipping it hurts). λ =
+   applied to every parameter except the final classifier's (NFNets §4.1: not clipping it helps). λ =
    ``agc_clip`` = 0.01, the paper's value and both reference implementations' default; the paper
    tuned it at batch 1024–4096 and reports that smaller batches tolerate larger λ, so the ``nf``
    search family should sweep it (it plays the role other schemes' init scale plays in the stability
@@ -50,7 +50,6 @@ import math
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -93,8 +92,7 @@ class ScaledStdConv2d(nn.Conv2d):
         return ((flat - mean) * scale).view_as(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.standardized_weight(), self.bias, self.stride, self.padding,
-                        self.dilation, self.groups)
+        return self._conv_forward(x, self.standardized_weight(), self.bias)
 
 
 class _NFBlock(nn.Module):

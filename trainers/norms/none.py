@@ -20,4 +20,4 @@ class NoNorm(NormScheme):
     name = "none"
     paper = "He et al. 2016, arXiv 1512.03385, without normalization (lower bound)"
     Options = SchemeOptions
-    search_family = "default"
+    search_family = "default"  # search_spaces/default.yaml: BN's nuisance space

@@ -19,7 +19,6 @@ a plain linear layer, as in the paper.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -47,8 +46,7 @@ class StdConv2d(nn.Conv2d):
         return standardize_weight(self.weight, self.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.standardized_weight(), self.bias, self.stride, self.padding,
-                        self.dilation, self.groups)
+        return self._conv_forward(x, self.standardized_weight(), self.bias)
 
 
 class WSGroupNormOptions(GroupNormOptions):
@@ -60,7 +58,7 @@ class WeightStandardizedGroupNorm(GroupNorm):
     name = "ws_gn"
     paper = "Qiao et al. 2019, arXiv 1903.10520 (GN: Wu & He 2018)"
     Options = WSGroupNormOptions
-    search_family = "gn"
+    search_family = "default"  # search_spaces/default.yaml: BN's nuisance space
 
     def conv(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0) -> nn.Module:
         return StdConv2d(in_ch, out_ch, kernel_size, stride, padding, eps=self.options.ws_eps)

@@ -39,7 +39,8 @@ def test_train_mode_output_matches_the_formula_with_batch_statistics():
     x = torch.randn(8, C, 4, 4) * 2 + 1
     mu = x.mean([0, 2, 3], keepdim=True)
     var = x.var([0, 2, 3], unbiased=False, keepdim=True)
-    expected = layer.weight.view(1, -1, 1, 1) * (x - mu) / torch.sqrt(var + 1e-3) + layer.bias.view(1, -1, 1, 1)
+    gamma, beta = layer.weight.view(1, -1, 1, 1), layer.bias.view(1, -1, 1, 1)
+    expected = gamma * (x - mu) / torch.sqrt(var + 1e-3) + beta
     torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
 
 
@@ -51,12 +52,12 @@ def test_eval_mode_uses_running_statistics():
     layer.eval()
     x = torch.randn(4, C, 4, 4)
     rm, rv = layer.running_mean.view(1, -1, 1, 1), layer.running_var.view(1, -1, 1, 1)
-    expected = (x - rm) / torch.sqrt(rv + 1e-3) * layer.weight.view(1, -1, 1, 1) + layer.bias.view(1, -1, 1, 1)
+    gamma, beta = layer.weight.view(1, -1, 1, 1), layer.bias.view(1, -1, 1, 1)
+    expected = (x - rm) / torch.sqrt(rv + 1e-3) * gamma + beta
     torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
     # ... and not the batch's own statistics
     batch_norm = (x - x.mean([0, 2, 3], keepdim=True)) / x.std([0, 2, 3], unbiased=False, keepdim=True)
-    assert not torch.allclose(layer(x), batch_norm * layer.weight.view(1, -1, 1, 1) + layer.bias.view(1, -1, 1, 1),
-                              atol=1e-2)
+    assert not torch.allclose(layer(x), batch_norm * gamma + beta, atol=1e-2)
 
 
 def test_eval_mode_output_of_a_sample_does_not_depend_on_its_batch():

@@ -58,7 +58,8 @@ def test_constants_are_the_closed_form_relu_moments():
 
 def test_normprop_relu_formula():
     u = torch.linspace(-3, 3, 13)
-    torch.testing.assert_close(NormPropReLU()(u), (torch.relu(u) - 0.3989423) / 0.5838190, atol=1e-6, rtol=1e-6)
+    expected = (torch.relu(u) - 0.3989423) / 0.5838190
+    torch.testing.assert_close(NormPropReLU()(u), expected, atol=1e-6, rtol=1e-6)
 
 
 def test_conv_then_act_has_unit_moments_for_unit_gaussian_input():

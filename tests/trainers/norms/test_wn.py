@@ -112,8 +112,10 @@ def test_linear_equals_torch_weight_norm_reference(linear):
     torch.testing.assert_close(linear(x), ref(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("make", [lambda: WeightNormConv2d(4, 6, 3, padding=1), lambda: WeightNormLinear(8, 6)],
-                         ids=["conv", "linear"])
+@pytest.mark.parametrize(
+    "make", [lambda: WeightNormConv2d(4, 6, 3, padding=1), lambda: WeightNormLinear(8, 6)],
+    ids=["conv", "linear"],
+)
 def test_gradient_wrt_v_is_orthogonal_to_v(make):
     torch.manual_seed(0)
     layer = _randomize(make())
@@ -146,12 +148,15 @@ def test_data_dependent_init_gives_zero_mean_and_init_scale_std_at_every_layer(i
         for h in hooks:
             h.remove()
     assert set(outputs) == set(layers)
+    names = {m: n for n, m in model.named_modules()}
     for layer, out in outputs.items():
         dims = [d for d in range(out.dim()) if d != 1]
         mean, std = out.mean(dims), out.std(dims, unbiased=False)
         # Exact on the init batch, up to float32 rounding.
-        torch.testing.assert_close(mean, torch.zeros_like(mean), atol=1e-4 * init_scale, rtol=0)
-        torch.testing.assert_close(std, torch.full_like(std, init_scale), atol=0, rtol=1e-3)
+        torch.testing.assert_close(mean, torch.zeros_like(mean), atol=1e-4 * init_scale, rtol=0,
+                                   msg=lambda m, name=names[layer]: f"{name} mean: {m}")
+        torch.testing.assert_close(std, torch.full_like(std, init_scale), atol=0, rtol=1e-3,
+                                   msg=lambda m, name=names[layer]: f"{name} std: {m}")
 
 
 def test_data_init_option_off_keeps_w_equal_v():

@@ -1,0 +1,511 @@
+"""The report's figures (matplotlib, Agg canvas, no pyplot state): one PNG each, titled, axes labelled
+with units, learning rate on a log axis, and one fixed colour per scheme across every figure.
+Each ``plot_*`` writes its PNG and returns its path, or None when the study has nothing to draw."""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import FuncFormatter
+
+from analysis.collect import ACT_STD_PREFIX, TrialData
+from analysis.summarize import SchemeSummary
+
+SCHEME_COLORS = {
+    "bn": "#1f77b4",
+    "wn": "#ff7f0e",
+    "normprop": "#2ca02c",
+    "wn_trelu": "#d62728",
+    "gn": "#9467bd",
+    "ws_gn": "#8c564b",
+    "nf": "#e377c2",
+    "fixup": "#bcbd22",
+    "none": "#7f7f7f",
+}
+FALLBACK_COLORS = ("#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
+DPI = 110
+Trials = Mapping[tuple[str, str], TrialData]  # (scheme, trial_id) -> trial
+
+
+def scheme_color(name: str) -> str:
+    """The scheme's fixed colour; unknown names get a stable colour from a fallback palette."""
+    return SCHEME_COLORS.get(name) or FALLBACK_COLORS[zlib.crc32(name.encode()) % len(FALLBACK_COLORS)]
+
+
+def _figure(w: float, h: float, ncols: int = 1, nrows: int = 1):
+    fig = Figure(figsize=(w, h), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI, facecolor="white")
+    return path
+
+
+def _log_edges(values: list[float]) -> np.ndarray:
+    """Cell edges on a log axis: geometric midpoints, the outer cells as wide as their neighbours."""
+    logs = np.log10(np.asarray(values, dtype=float))
+    half = np.diff(logs) / 2 if len(logs) > 1 else np.array([0.5])
+    edges = np.concatenate([[logs[0] - half[0]], logs[:-1] + half, [logs[-1] + half[-1]]])
+    return 10**edges
+
+
+def _scale_label(s: float | None) -> str:
+    return "-" if s is None else f"{s:g}"
+
+
+def accuracy_range(summaries: Mapping[str, SchemeSummary]) -> tuple[float, float]:
+    """One colour scale (test top-1, %) for every scheme's stability map."""
+    accs = [
+        c.test_top1 * 100 for s in summaries.values() for c in s.stability.cells if c.test_top1 is not None
+    ]
+    if not accs:
+        return 0.0, 100.0
+    lo, hi = min(accs), max(accs)
+    return (lo - 1, hi + 1) if hi - lo < 1 else (lo, hi)
+
+
+def plot_stability_map(s: SchemeSummary, path: Path, vrange: tuple[float, float]) -> Path | None:
+    smap = s.stability
+    if not smap.cells:
+        return None
+    lrs, rows = smap.lrs, smap.init_scales
+    grid = np.full((len(rows), len(lrs)), np.nan)
+    for c in smap.cells:
+        if c.test_top1 is not None:
+            grid[rows.index(c.init_scale), lrs.index(c.lr)] = c.test_top1 * 100
+    fig, axes = _figure(max(6.5, 1.15 * len(lrs) + 2.5), 1.0 * len(rows) + 2.6)
+    ax = axes[0, 0]
+    cmap = colormaps["viridis"].with_extremes(bad="#d0d0d0")
+    norm = Normalize(*vrange)
+    xe = _log_edges(lrs)
+    mesh = ax.pcolormesh(
+        xe,
+        np.arange(len(rows) + 1),
+        np.ma.masked_invalid(grid),
+        cmap=cmap,
+        norm=norm,
+        edgecolors="white",
+        linewidth=1.5,
+    )
+    ax.set_xscale("log")
+    for c in smap.cells:
+        i, r = lrs.index(c.lr), rows.index(c.init_scale)
+        cx, cy = math.sqrt(xe[i] * xe[i + 1]), r + 0.5
+        dark = c.test_top1 is not None and sum(cmap(norm(c.test_top1 * 100))[:3]) < 1.5
+        ink = "white" if dark else "black"
+        if c.test_top1 is not None:
+            ax.text(
+                cx,
+                cy + (0.18 if c.n_diverged else 0),
+                f"{c.test_top1 * 100:.1f}%",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color=ink,
+                fontweight="bold",
+            )
+        if c.n_diverged:
+            ax.plot(
+                [cx],
+                [cy if c.test_top1 is None else cy - 0.12],
+                marker="x",
+                markersize=16,
+                mew=3,
+                color="#b2182b",
+            )
+            ax.text(
+                cx,
+                cy - 0.36,
+                f"{c.n_diverged}/{c.n} diverged",
+                ha="center",
+                va="center",
+                fontsize=7.5,
+                color=ink,
+            )
+    for entry in smap.largest_stable_lr:
+        if entry["lr"] is not None:
+            i, r = lrs.index(entry["lr"]), rows.index(entry["init_scale"])
+            ax.add_patch(Rectangle((xe[i], r), xe[i + 1] - xe[i], 1, fill=False, edgecolor="#e7298a", lw=3.5))
+    ax.set_xticks(lrs, [f"{x:g}" for x in lrs])
+    ax.set_xticks([], minor=True)
+    ax.set_yticks(np.arange(len(rows)) + 0.5, [_scale_label(r) for r in rows])
+    ax.set_xlabel("learning rate (log scale)" + (", binned" if smap.binned else ""))
+    ax.set_ylabel("init scale" if rows != [None] else "init scale (none for this scheme)")
+
+    def lr_text(e) -> str:
+        return "none" if e["lr"] is None else f"{e['lr']:g}"
+
+    if rows == [None]:
+        stable = f"largest stable lr: {lr_text(smap.largest_stable_lr[0])}"
+    else:
+        stable = "largest stable lr per init scale: " + ", ".join(
+            f"{_scale_label(e['init_scale'])} → {lr_text(e)}" for e in smap.largest_stable_lr
+        )
+    ax.set_title(
+        f"{s.name}: final test top-1 per learning rate × init scale\n{stable}",
+        fontsize=10,
+        color=scheme_color(s.name),
+        fontweight="bold",
+    )
+    fig.legend(
+        handles=[
+            Line2D(
+                [],
+                [],
+                marker="x",
+                color="#b2182b",
+                mew=3,
+                ls="",
+                markersize=10,
+                label="a seed diverged (k/n)",
+            ),
+            Patch(facecolor="none", edgecolor="#e7298a", lw=2.5, label="largest stable lr"),
+            Patch(facecolor="#d0d0d0", label="no stable trial"),
+        ],
+        loc="outside lower center",
+        ncol=3,
+        fontsize=8,
+        frameon=False,
+    )
+    fig.colorbar(mesh, ax=ax, label="final test top-1 (%)", pad=0.02)
+    return _save(fig, path)
+
+
+def plot_accuracy(summaries: Mapping[str, SchemeSummary], path: Path) -> Path | None:
+    rows = [s for s in summaries.values() if s.best is not None and s.best.train_top1.mean is not None]
+    if not rows:
+        return None
+    fig, axes = _figure(max(6.0, 1.3 * len(rows) + 3), 4.6)
+    ax = axes[0, 0]
+    x = np.arange(len(rows))
+    for i, s in enumerate(rows):
+        b, color = s.best, scheme_color(s.name)
+        for dx, st, hatch, alpha in ((-0.2, b.train_top1, None, 1.0), (0.2, b.test_top1, "//", 0.55)):
+            ax.bar(
+                i + dx,
+                st.mean * 100,
+                0.38,
+                yerr=(st.std or 0) * 100,
+                capsize=4,
+                color=color,
+                alpha=alpha,
+                hatch=hatch,
+                edgecolor="black",
+                linewidth=0.6,
+            )
+            ax.text(
+                i + dx,
+                (st.mean + (st.std or 0)) * 100 + 1,
+                f"{st.mean * 100:.1f}",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+        top = (
+            max(b.train_top1.mean + (b.train_top1.std or 0), b.test_top1.mean + (b.test_top1.std or 0)) * 100
+        )
+        ax.text(
+            i,
+            top + 6,
+            f"gap {b.gap.mean * 100:+.1f} pts" if b.gap.mean is not None else "",
+            ha="center",
+            fontsize=8.5,
+            fontweight="bold",
+        )
+    ax.set_xticks(x, [s.name for s in rows])
+    for label, s in zip(ax.get_xticklabels(), rows, strict=True):
+        label.set_color(scheme_color(s.name))
+        label.set_fontweight("bold")
+    ax.set_ylim(0, 115)
+    ax.set_ylabel("final top-1 accuracy (%)")
+    ax.set_title(
+        "Best configuration per scheme: train vs test top-1 (mean ± std over seeds)\n"
+        "gap = train − test, in percentage points",
+        fontsize=10,
+    )
+    kinds = ax.legend(
+        handles=[
+            Patch(facecolor="#999999", edgecolor="black", label="train"),
+            Patch(facecolor="#999999", alpha=0.55, hatch="//", edgecolor="black", label="test"),
+        ],
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize=8,
+        title="bar",
+    )
+    ax.add_artist(kinds)
+    ax.legend(
+        handles=[Patch(color=scheme_color(s.name), label=s.name) for s in rows],
+        loc="upper left",
+        bbox_to_anchor=(1.01, 0.6),
+        fontsize=8,
+        title="scheme",
+    )
+    return _save(fig, path)
+
+
+def plot_divergence_vs_lr(summaries: Mapping[str, SchemeSummary], path: Path) -> Path | None:
+    rows = [s for s in summaries.values() if s.divergence_by_lr]
+    if not rows:
+        return None
+    fig, axes = _figure(7.5, 4.4)
+    ax = axes[0, 0]
+    for k, s in enumerate(rows):
+        lrs = [r["lr"] for r in s.divergence_by_lr]
+        # Offset overlapping lines a little so every scheme stays visible where rates coincide.
+        rates = [r["rate"] * 100 + (k - (len(rows) - 1) / 2) * 0.6 for r in s.divergence_by_lr]
+        ax.plot(
+            lrs,
+            rates,
+            marker="o",
+            color=scheme_color(s.name),
+            lw=2,
+            label=f"{s.name} ({s.n_finished} trials)",
+        )
+    ax.set_xscale("log")
+    lrs = sorted({r["lr"] for s in rows for r in s.divergence_by_lr})
+    if len(lrs) <= 12:  # label the lrs tried, in plain numbers
+        ax.set_xticks(lrs, [f"{x:g}" for x in lrs])
+        ax.set_xticks([], minor=True)
+    ax.set_ylim(-5, 105)
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("trials diverged (%)")
+    ax.set_title(
+        "Divergence rate vs learning rate (all init scales and seeds)\n"
+        "(lines nudged apart by < 2 pts where they overlap)",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(title="scheme", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)
+
+
+def _finite(values) -> np.ndarray:
+    a = np.asarray(values, dtype=float)
+    return np.where(np.isfinite(a) & (a > 0), a, np.nan)
+
+
+def _curve_limits(all_values: list[np.ndarray], stable: list[np.ndarray]) -> tuple[float | None, float, bool]:
+    """Log-axis limits that keep the stable curves readable: the top is cut at 1000x the stable curves'
+    peak when a diverged curve explodes past it (returns lo, hi, whether it was cut)."""
+    vals = np.concatenate([v[np.isfinite(v)] for v in all_values]) if all_values else np.array([])
+    if not len(vals):
+        return None, 1.0, False
+    lo, hi = float(vals.min()) * 0.8, float(vals.max()) * 1.25
+    peaks = [float(np.nanmax(v)) for v in stable if np.isfinite(v).any()]
+    if peaks and hi > 1e3 * max(peaks):
+        return lo, 1e3 * max(peaks), True
+    return lo, hi, False
+
+
+def plot_curves(summaries: Mapping[str, SchemeSummary], trials: Trials, path: Path) -> Path | None:
+    picks = []
+    for s in summaries.values():
+        for tid, style, kind in (
+            (s.representative_stable, "-", "stable"),
+            (s.representative_diverged, "--", "diverged"),
+        ):
+            if tid is not None and (s.name, tid) in trials:
+                picks.append((s.name, trials[(s.name, tid)], style, kind))
+    if not any("loss" in t.curves or "grad_norm" in t.curves for _, t, _, _ in picks):
+        return None
+    fig, axes = _figure(12.5, 4.6, ncols=2)
+    for ax, key, ylabel in (
+        (axes[0, 0], "loss", "training loss (nats, log scale)"),
+        (axes[0, 1], "grad_norm", "global gradient norm (L2, log scale)"),
+    ):
+        drawn = [
+            (name, t, style, kind, _finite(t.curves[key].values))
+            for name, t, style, kind in picks
+            if key in t.curves and len(t.curves[key])
+        ]
+        lo, hi, cut = _curve_limits([v for *_, v in drawn], [v for _, t, *_, v in drawn if not t.diverged])
+        for name, t, style, kind, values in drawn:
+            c = t.curves[key]
+            extra = f", diverged at step {t.divergence_step}" if t.diverged and t.divergence_step else ""
+            label = f"{name} {kind} (lr {t.lr:g}{extra})" if t.lr is not None else f"{name} {kind}"
+            ax.plot(
+                c.steps, np.minimum(values, hi * 10), ls=style, color=scheme_color(name), lw=1.6, label=label
+            )
+            # The divergence: at its step, on the curve's last finite value up to it (cut to the axis).
+            at = t.divergence_step or c.steps[-1]
+            finite = [i for i, st in enumerate(c.steps) if st <= at and np.isfinite(values[i])]
+            if t.diverged and finite:
+                y = min(values[finite[-1]], hi)
+                ax.plot(
+                    [at], [y], marker="x", color=scheme_color(name), markersize=11, mew=2.5, clip_on=False
+                )
+        _log_y(ax)
+        if lo is not None:
+            ax.set_ylim(lo, hi)
+        if cut:
+            ax.text(
+                0.99,
+                0.98,
+                "↑ diverged curves run off the top",
+                transform=ax.transAxes,
+                ha="right",
+                va="top",
+                fontsize=8,
+                color="#555555",
+            )
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+    axes[0, 0].set_title("Training loss", fontsize=10)
+    axes[0, 1].set_title("Gradient norm", fontsize=10)
+    fig.suptitle(
+        "Representative trials per scheme — solid: best configuration; dashed: the diverged trial at the "
+        "smallest lr; × marks the divergence",
+        fontsize=10,
+    )
+    axes[0, 1].legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="scheme · trial")
+    return _save(fig, path)
+
+
+def _log_y(ax) -> None:
+    """Log y axis with plain-number tick labels (0.5, 1, 2 rather than 5×10⁻¹)."""
+    ax.set_yscale("log")
+
+    def minor(v: float, _pos) -> str:
+        lo, hi = ax.get_ylim()
+        span = hi / lo if lo > 0 else math.inf
+        shown = "23456789" if span < 3 else "235" if span < 10 else "25"  # fewer labels on wider axes
+        return f"{v:g}" if f"{v:.0e}"[0] in shown else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
+
+
+def _stage_key(stage: str) -> tuple[int, int, str]:
+    if stage == "stem":
+        return (0, 0, stage)
+    m = re.fullmatch(r"layer(\d+)", stage)
+    return (1, int(m.group(1)), stage) if m else (2, 0, stage)
+
+
+def plot_signal_propagation(
+    summaries: Mapping[str, SchemeSummary], trials: Trials, path: Path
+) -> Path | None:
+    picks = []
+    for s in summaries.values():
+        tid = s.representative_stable or s.representative_diverged
+        if tid is not None and (s.name, tid) in trials:
+            picks.append((s.name, trials[(s.name, tid)]))
+    stages = sorted(
+        {k[len(ACT_STD_PREFIX) :] for _, t in picks for k in t.curves if k.startswith(ACT_STD_PREFIX)},
+        key=_stage_key,
+    )
+    if not stages:
+        return None
+    ncols = 2 if len(stages) == 4 else min(3, len(stages))
+    nrows = math.ceil(len(stages) / ncols)
+    fig, axes = _figure(4.3 * ncols + 1.8, 3.3 * nrows + 0.6, ncols=ncols, nrows=nrows)
+    for k, ax in enumerate(axes.flat):
+        if k >= len(stages):
+            ax.set_visible(False)
+            continue
+        for name, t in picks:
+            c = t.curves.get(ACT_STD_PREFIX + stages[k])
+            if c is not None and len(c):
+                kind = "diverged" if t.diverged else "stable"
+                ax.plot(
+                    c.steps,
+                    _finite(c.values),
+                    color=scheme_color(name),
+                    lw=1.6,
+                    marker=".",
+                    label=f"{name} ({kind}, lr {t.lr:g})" if t.lr is not None else name,
+                )
+        _log_y(ax)
+        ax.set_title(f"stage {stages[k]}", fontsize=10)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("activation std (log scale)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0, -1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="scheme")
+    fig.suptitle(
+        "Signal propagation: per-stage activation std over training, one representative trial per scheme\n"
+        "(the paper saw WN's last stage blow up and its first vanish)",
+        fontsize=10,
+    )
+    return _save(fig, path)
+
+
+def plot_step_time(summaries: Mapping[str, SchemeSummary], path: Path) -> Path | None:
+    rows = [s for s in summaries.values() if s.step_time_s.mean is not None]
+    if not rows:
+        return None
+    shared = [s for s in summaries.values() if s.norm_share is not None or s.conv_share is not None]
+    fig, axes = _figure(11.0 if shared else 6.5, 4.3, ncols=2 if shared else 1)
+    ax = axes[0, 0]
+    for i, s in enumerate(rows):
+        st = s.step_time_s
+        ax.bar(
+            i,
+            st.mean * 1e3,
+            0.6,
+            yerr=(st.std or 0) * 1e3,
+            capsize=4,
+            color=scheme_color(s.name),
+            edgecolor="black",
+            linewidth=0.6,
+            label=s.name,
+        )
+        ax.annotate(
+            f"{st.mean * 1e3:.1f}",
+            (i, (st.mean + (st.std or 0)) * 1e3),
+            xytext=(0, 3),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    ax.set_xticks(range(len(rows)), [s.name for s in rows])
+    ax.set_ylabel("mean training step time (ms)")
+    ax.set_title("Step time per scheme (mean ± std over trials)", fontsize=10)
+    ax.margins(y=0.12)
+    ax.legend(fontsize=8, title="scheme", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if shared:
+        ax = axes[0, 1]
+        for i, s in enumerate(shared):
+            for dx, v, hatch in ((-0.2, s.norm_share, None), (0.2, s.conv_share, "//")):
+                if v is not None:
+                    ax.bar(
+                        i + dx,
+                        v * 100,
+                        0.38,
+                        color=scheme_color(s.name),
+                        hatch=hatch,
+                        edgecolor="black",
+                        alpha=1.0 if hatch is None else 0.55,
+                        linewidth=0.6,
+                    )
+                    ax.text(i + dx, v * 100, f"{v * 100:.0f}%", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(shared)), [s.name for s in shared])
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("share of a profiled step (%)")
+        ax.set_title(
+            "Where a profiled step goes: normalization vs convolution ops\n(schemes with a profile only)",
+            fontsize=10,
+        )
+        ax.legend(
+            handles=[
+                Patch(facecolor="#999999", edgecolor="black", label="normalization"),
+                Patch(facecolor="#999999", alpha=0.55, hatch="//", edgecolor="black", label="convolution"),
+            ],
+            fontsize=8,
+        )
+    return _save(fig, path)

@@ -1,0 +1,247 @@
+"""Synthetic studies for the analysis tests: in-memory StudyData, and a writer that puts a StudyData into
+an MLflow store through the real MLflow API, with exactly the layout of docs/mlflow_layout.md."""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+
+import numpy as np
+
+from analysis.collect import ACT_STD_PREFIX, Curve, SchemeData, StudyData, TrialData
+
+STAGES = ("stem", "layer1", "layer2", "layer3")
+
+
+def trial(
+    scheme: str,
+    lr: float,
+    seed: int,
+    *,
+    init_scale: float | None = None,
+    train: float | None = None,
+    test: float | None = None,
+    diverged: bool = False,
+    step: int | None = None,
+    cause: str = "nonfinite_loss",
+    layer: str = "layer3.0.conv2",
+    curves: dict[str, Curve] | None = None,
+    metrics: dict[str, float] | None = None,
+    trial_id: str | None = None,
+) -> TrialData:
+    hp: dict = {"lr": lr, "weight_decay": 1e-4}
+    if init_scale is not None:
+        hp["init_scale"] = init_scale
+    m = dict(metrics or {})
+    if not diverged:
+        m |= {"final_train_top1": train, "final_test_top1": test, "final_gap": train - test}
+    m.setdefault("step_time_mean_s", 0.03)
+    for k, c in (curves or {}).items():
+        m.setdefault(k, c.values[-1])
+    tid = trial_id or f"{scheme}_lr{lr:g}_is{init_scale if init_scale is not None else '-'}_s{seed}"
+    return TrialData(
+        run_id="",
+        trial_id=tid,
+        scheme=scheme,
+        status="FINISHED",
+        hp=hp,
+        seed=seed,
+        diverged=diverged,
+        divergence_cause=cause if diverged else None,
+        divergence_step=step if diverged else None,
+        divergence_layer=layer if diverged else None,
+        metrics=m,
+        curves=dict(curves or {}),
+    )
+
+
+def study(
+    schemes: dict[str, list[TrialData]], *, name: str = "S", scheme_metrics=None, params=None
+) -> StudyData:
+    scheme_metrics = scheme_metrics or {}
+    return StudyData(
+        name=name,
+        run_id="",
+        experiment="normstudy",
+        tracking_uri="",
+        params=params
+        or {
+            "model.arch": "resnet_cifar",
+            "data.kind": "generated",
+            "training.batch_size": "64",
+            "training.max_steps": "120",
+            "data.image_size": "16",
+        },
+        schemes=[
+            SchemeData(n, "", {"scheme": n}, dict(scheme_metrics.get(n, {})), ts) for n, ts in schemes.items()
+        ],
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# A realistic-looking study: curves that decay when stable and blow up before a divergence
+
+
+def _curves(
+    rng, lr: float, steps: int, diverge_at: int | None, scheme: str, every: int = 10
+) -> dict[str, Curve]:
+    s = np.arange(1, (diverge_at or steps) + 1)
+    loss = 2.3 * np.exp(-s / 35) + 0.35 + 0.04 * rng.standard_normal(len(s))
+    grad = 1.2 * np.exp(-s / 50) + 0.6 + 0.05 * rng.standard_normal(len(s))
+    upd = 0.004 * math.sqrt(lr * 10) * (1 + 0.1 * rng.standard_normal(len(s)))
+    if diverge_at:
+        t = np.clip(s - (diverge_at - 25), 0, None)
+        grad = grad * 1.22**t
+        upd = upd * 1.25**t
+        loss = loss * 1.09 ** np.clip(s - (diverge_at - 12), 0, None)
+        loss[-1] = np.nan
+    ema = np.empty_like(loss)
+    ema[0] = loss[0]
+    for i in range(1, len(loss)):
+        ema[i] = 0.9 * ema[i - 1] + 0.1 * loss[i] if np.isfinite(loss[i]) else ema[i - 1]
+    out = {
+        "loss": loss,
+        "loss_ema": ema,
+        "spike_ratio": loss / ema,
+        "grad_norm": grad,
+        "lr": np.full(len(s), lr),
+        "step_time_s": np.full(len(s), 0.03),
+    }
+    curves = {k: Curve(tuple(int(x) for x in s), tuple(float(v) for v in vals)) for k, vals in out.items()}
+    det = s[(s % every == 0) | (s == s[-1])]
+    idx = det - 1
+    sharp = 1.3 / lr * (1 + 0.05 * rng.standard_normal(len(det)))
+    if diverge_at:
+        sharp = sharp * 1.06 ** np.clip(det - (diverge_at - 30), 0, None)
+    detailed = {"update_ratio_max": upd[idx], "sharpness": sharp}
+    frac = det / steps
+    for k, stage in enumerate(STAGES):
+        if scheme == "bn":
+            std = 1.0 + 0.05 * np.sin(det / 7 + k)
+        else:  # WN-like: the last stage blows up, the first vanishes, once training gets going
+            depth = k / (len(STAGES) - 1)
+            strength = {"wn": 4.0, "normprop": 1.5, "wn_trelu": 3.0}.get(scheme, 2.0)
+            std = np.exp((depth - 0.5) * strength * frac**2) * (1 + 0.03 * np.cos(det / 5))
+        detailed[ACT_STD_PREFIX + stage] = std
+    for k, vals in detailed.items():
+        curves[k] = Curve(tuple(int(x) for x in det), tuple(float(v) for v in vals))
+    return curves
+
+
+def realistic_study(steps: int = 120, seeds=(0, 1)) -> StudyData:
+    """bn, wn, normprop and wn_trelu on an lr × init-scale grid; the WN family diverges at smaller lrs."""
+    lrs = (0.03, 0.1, 0.3, 1.0, 3.0)
+    limits = {"bn": 3.0, "wn": 1.0, "normprop": 0.3, "wn_trelu": 1.0}  # first lr that diverges (init scale 1)
+    base = {"bn": (0.82, 0.05), "wn": (0.80, 0.11), "normprop": (0.77, 0.09), "wn_trelu": (0.81, 0.10)}
+    schemes: dict[str, list[TrialData]] = {}
+    for scheme in limits:
+        scales = (None,) if scheme == "bn" else (0.5, 1.0, 2.0)
+        ts = []
+        for init in scales:
+            for lr in lrs:
+                for seed in seeds:
+                    rng = np.random.default_rng(zlib.crc32(repr((scheme, lr, init, seed)).encode()))
+                    limit = limits[scheme] / (init or 1.0)
+                    div = lr >= limit * (0.99 if seed == 0 else 1.5)
+                    test = base[scheme][0] - 0.05 * (math.log10(lr) + 1) ** 2 + 0.01 * rng.standard_normal()
+                    train = test + base[scheme][1] + 0.005 * rng.standard_normal()
+                    step = int(steps * (0.3 + 0.4 * rng.random())) if div else None
+                    ts.append(
+                        trial(
+                            scheme,
+                            lr,
+                            seed,
+                            init_scale=init,
+                            train=min(train, 1.0),
+                            test=test,
+                            diverged=div,
+                            step=step,
+                            cause="nonfinite_loss" if seed == 0 else "loss_spike",
+                            layer="layer3.1.conv2",
+                            curves=_curves(rng, lr, steps, step, scheme),
+                            metrics={
+                                "step_time_mean_s": (0.031 if scheme == "bn" else 0.024)
+                                * (1 + 0.05 * rng.random())
+                            },
+                        )
+                    )
+        schemes[scheme] = ts
+    shares = {
+        "bn": {"norm_share": 0.27, "conv_share": 0.55, "profile_step_time_s": 0.031},
+        "wn": {"norm_share": 0.06, "conv_share": 0.71, "profile_step_time_s": 0.024},
+    }
+    return study(schemes, name="demo", scheme_metrics=shares)
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing a StudyData into MLflow
+
+
+def write_mlflow(client, experiment: str, st: StudyData) -> str:
+    """Write ``st`` as a study run, scheme runs and trial runs; return the study run's id."""
+    from mlflow.entities import Metric, Param
+
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    now = int(time.time() * 1000)
+    root = client.create_run(
+        exp_id, run_name=st.name, tags={"normstudy.role": "study", "normstudy.study": st.name}
+    )
+    sid = root.info.run_id
+    client.log_batch(sid, params=[Param(k, str(v)) for k, v in st.params.items()])
+    for sch in st.schemes:
+        srun = client.create_run(
+            exp_id,
+            run_name=f"{st.name}/{sch.name}",
+            tags={
+                "normstudy.role": "scheme",
+                "normstudy.study": st.name,
+                "normstudy.scheme": sch.name,
+                "mlflow.parentRunId": sid,
+            },
+        )
+        client.log_batch(
+            srun.info.run_id,
+            params=[Param("scheme", sch.name), Param("search.mode", "grid")],
+            metrics=[Metric(k, v, now, 0) for k, v in sch.metrics.items()],
+        )
+        for t in sch.trials:
+            tags = {
+                "normstudy.role": "trial",
+                "normstudy.study": st.name,
+                "normstudy.scheme": sch.name,
+                "normstudy.trial_id": t.trial_id,
+                "seed": str(t.seed),
+                "diverged": "1" if t.diverged else "0",
+                "mlflow.parentRunId": srun.info.run_id,
+            }
+            if t.diverged:
+                tags |= {
+                    "divergence_cause": t.divergence_cause,
+                    "divergence_step": str(t.divergence_step),
+                    "divergence_layer": t.divergence_layer,
+                }
+            trun = client.create_run(exp_id, run_name=f"{st.name}/{sch.name}/{t.trial_id}", tags=tags)
+            rid = trun.info.run_id
+            params = [Param(f"hp.{k}", str(v)) for k, v in t.hp.items()] + [Param("hp.seed", str(t.seed))]
+            params.append(Param("training.lr", str(t.hp["lr"])))
+            metrics = [
+                Metric(k, v, now + i, s)
+                for k, c in t.curves.items()
+                for i, (s, v) in enumerate(zip(c.steps, c.values, strict=True))
+            ]
+            last = max((c.steps[-1] for c in t.curves.values()), default=1)
+            metrics += [
+                Metric(k, v, now + 10**6, last)
+                for k, v in t.metrics.items()
+                if k not in t.curves and v is not None
+            ]
+            metrics.append(Metric("diverged", float(t.diverged), now + 10**6, last))
+            client.log_batch(rid, params=params)
+            for i in range(0, len(metrics), 1000):
+                client.log_batch(rid, metrics=metrics[i : i + 1000])
+            client.set_terminated(rid)
+        client.set_terminated(srun.info.run_id)
+    client.set_terminated(sid)
+    return sid

@@ -1,0 +1,215 @@
+"""write_report end to end on a real MLflow SQLite store written through the MLflow API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+
+import pytest
+
+from analysis import report
+from analysis.collect import Curve, read_study
+from analysis.report import ReportError, write_report
+from tests.analysis.conftest import copy_store
+from tests.analysis.synth import STAGES, study, trial, write_mlflow
+
+STEPS = 40
+
+
+def grad(div: int | None = None, spike_at: int | None = None) -> Curve:
+    """1.0 a step; from 4 steps before a divergence 20.0 (a 20x jump); an optional one-step spike."""
+    n = div or STEPS
+    vals = [20.0 if div and s >= div - 4 else 15.0 if s == spike_at else 1.0 for s in range(1, n + 1)]
+    return Curve(tuple(range(1, n + 1)), tuple(vals))
+
+
+def loss(div: int | None = None) -> Curve:
+    n = div or STEPS
+    return Curve(
+        tuple(range(1, n + 1)), tuple([2.0 / s**0.3 for s in range(1, n)] + [float("nan") if div else 0.3])
+    )
+
+
+def act(scale: float) -> dict[str, Curve]:
+    return {f"act_std/{st}": Curve((10, 20, 30, 40), (1.0, scale, scale**2, scale**3)) for st in STAGES}
+
+
+def known_study(bn_better: bool, name: str, shares: dict | None = None):
+    """BN: lr 0.1 best (test .76, or .66 when not bn_better), diverges once at lr 3.
+    WN: best (lr 0.1, init 1) train .91 test .71; 3 of 8 trials diverge at lr 1."""
+    d = 0.0 if bn_better else 0.10
+
+    def ok(scheme, lr, seed, train, test, init=None, spike_at=None, extra=None):
+        curves = {"grad_norm": grad(spike_at=spike_at), "loss": loss()} | (extra or {})
+        return trial(scheme, lr, seed, init_scale=init, train=train, test=test, curves=curves)
+
+    def div(scheme, lr, seed, step, cause, init=None):
+        curves = {"grad_norm": grad(div=step), "loss": loss(div=step)}
+        return trial(scheme, lr, seed, init_scale=init, diverged=True, step=step, cause=cause, curves=curves)
+
+    bn = [
+        ok("bn", 0.1, 0, 0.80, 0.75 - d, extra=act(1.0)),
+        ok("bn", 0.1, 1, 0.82, 0.77 - d),
+        ok(
+            "bn", 1.0, 0, 0.85, 0.70 - d, spike_at=30
+        ),  # a stable trial with one grad-norm spike: a false alarm
+        ok("bn", 1.0, 1, 0.87, 0.72 - d),
+        div("bn", 3.0, 0, 15, "nonfinite_loss"),
+        ok("bn", 3.0, 1, 0.60, 0.50 - d),
+    ]
+    wn = [
+        ok("wn", 0.1, 0, 0.90, 0.70, init=1.0, extra=act(2.0)),
+        ok("wn", 0.1, 1, 0.92, 0.72, init=1.0),
+        div("wn", 1.0, 0, 20, "loss_spike", init=1.0),
+        div("wn", 1.0, 1, 30, "loss_spike", init=1.0),
+        ok("wn", 0.1, 0, 0.88, 0.69, init=2.0),
+        ok("wn", 0.1, 1, 0.88, 0.69, init=2.0),
+        div("wn", 1.0, 0, 25, "nonfinite_loss", init=2.0),
+        ok("wn", 1.0, 1, 0.80, 0.60, init=2.0),
+    ]
+    return study({"bn": bn, "wn": wn}, name=name, scheme_metrics=shares)
+
+
+@pytest.fixture(scope="module")
+def two_studies(empty_store, tmp_path_factory):
+    """Experiment 'normstudy': study 'bn_wins'; experiment 'flipped': study 'wn_wins' with norm_share and
+    without per-stage activations. Written once; the tests only read it."""
+    uri, client = copy_store(empty_store, tmp_path_factory.mktemp("two_studies"))
+    flipped = known_study(False, "wn_wins", {"bn": {"norm_share": 0.3}, "wn": {"norm_share": 0.05}})
+    for sch in flipped.schemes:
+        for t in sch.trials:
+            t.curves = {k: c for k, c in t.curves.items() if not k.startswith("act_std/")}
+    ids = {
+        "bn_wins": write_mlflow(client, "normstudy", known_study(True, "bn_wins")),
+        "wn_wins": write_mlflow(client, "flipped", flipped),
+    }
+    return uri, client, ids
+
+
+def _verdicts(data):
+    return {c["id"]: c["verdict"] for c in data["claims"]}
+
+
+def test_report_json_numbers(two_studies, tmp_path):
+    uri, _, ids = two_studies
+    html = write_report(uri, tmp_path / "out")  # default experiment "normstudy", its latest study
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert html == tmp_path / "out" / "report.html" and html.is_file()
+    assert data["study"]["name"] == "bn_wins" and data["study"]["run_id"] == ids["bn_wins"]
+    bn, wn = data["schemes"]["bn"], data["schemes"]["wn"]
+
+    assert bn["best"]["config"]["lr"] == 0.1
+    assert bn["best"]["train_top1"]["mean"] == pytest.approx(0.81)
+    assert bn["best"]["test_top1"]["mean"] == pytest.approx(0.76)
+    assert bn["best"]["test_top1"]["std"] == pytest.approx(0.0141421, rel=1e-4)
+    assert bn["best"]["gap"]["mean"] == pytest.approx(0.05)
+    assert wn["best"]["config"] == {"init_scale": 1.0, "lr": 0.1, "weight_decay": 0.0001}
+    assert wn["best"]["train_top1"]["mean"] == pytest.approx(0.91)
+    assert wn["best"]["gap"]["mean"] == pytest.approx(0.20)
+
+    assert bn["divergence_rate"] == pytest.approx(1 / 6) and wn["divergence_rate"] == pytest.approx(3 / 8)
+    assert wn["divergence_causes"] == {"loss_spike": 2, "nonfinite_loss": 1}
+    assert bn["stability_map"]["largest_stable_lr"] == [{"init_scale": None, "lr": 1.0}]
+    assert wn["stability_map"]["largest_stable_lr"] == [
+        {"init_scale": 1.0, "lr": 0.1},
+        {"init_scale": 2.0, "lr": 0.1},
+    ]
+    assert {(t["step"], t["cause"]) for t in wn["diverged_trials"]} == {
+        (20, "loss_spike"),
+        (30, "loss_spike"),
+        (25, "nonfinite_loss"),
+    }
+    assert bn["diverged_trials"][0]["layer"] == "layer3.0.conv2"
+    assert bn["step_time_s"]["mean"] == pytest.approx(0.03)
+
+    assert _verdicts(data) == {1: "confirmed", 2: "confirmed", 3: "not measured"}
+    g = data["early_warning"]["per_signal"]["grad_norm"]
+    assert (g["n_diverged"], g["n_warned"], g["lead_median"]) == (4, 4, 4)
+    assert (g["n_stable"], g["n_false_alarms"]) == (10, 1)
+    assert data["early_warning"]["per_scheme"]["bn"]["grad_norm"]["false_alarm_rate"] == pytest.approx(0.2)
+    assert data["plots"]["signal_propagation"] == "signal_propagation.png"
+
+
+def test_claims_flip_with_the_data(two_studies, tmp_path):
+    uri, _, _ = two_studies
+    write_report(uri, tmp_path, experiment="flipped")
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["study"]["name"] == "wn_wins"
+    assert data["schemes"]["bn"]["best"]["test_top1"]["mean"] == pytest.approx(0.66)
+    assert _verdicts(data) == {1: "not confirmed", 2: "confirmed", 3: "confirmed"}
+    assert "BN has the lower test top-1 here" in data["claims"][0]["reason"]
+    assert data["schemes"]["bn"]["norm_share"] == 0.3
+
+
+def test_study_selection_by_run_id_and_by_name(two_studies, tmp_path):
+    uri, client, ids = two_studies
+    st = read_study(uri, study_run_id=ids["wn_wins"])
+    assert (st.name, st.experiment) == ("wn_wins", "flipped")
+    assert [s.name for s in st.schemes] == ["bn", "wn"] and len(st.schemes[1].trials) == 8
+    t = next(t for t in st.schemes[1].trials if t.diverged)
+    assert t.divergence_step in (20, 25, 30) and len(t.curves["grad_norm"]) == t.divergence_step
+    assert "act_std/stem" not in t.curves  # per-stage curves are read for representatives only
+    assert read_study(uri, experiment="flipped", study_name="wn_wins").run_id == ids["wn_wins"]
+    with pytest.raises(ReportError, match="no study runs named 'nope' in experiment 'flipped'"):
+        read_study(uri, experiment="flipped", study_name="nope")
+    exp_id = client.get_experiment_by_name("flipped").experiment_id
+    scheme_run = client.search_runs([exp_id], "tags.`normstudy.role` = 'scheme'")[0]
+    with pytest.raises(ReportError, match="is not a study run"):
+        read_study(uri, study_run_id=scheme_run.info.run_id)
+
+
+def test_errors_are_one_line(store, tmp_path):
+    uri, client = store
+    with pytest.raises(ReportError, match="unknown experiment 'missing'") as e:
+        write_report(uri, tmp_path, experiment="missing")
+    assert "\n" not in str(e.value)
+    client.create_experiment("normstudy")
+    with pytest.raises(ReportError, match="no study runs in experiment 'normstudy'"):
+        write_report(uri, tmp_path)
+    with pytest.raises(ReportError, match="no MLflow run with id"):
+        write_report(uri, tmp_path, study_run_id="0123456789abcdef")
+    with pytest.raises(ReportError, match="no MLflow database at"):
+        write_report(f"sqlite:///{tmp_path}/absent.db", tmp_path)
+    assert not (tmp_path / "absent.db").exists()  # reading never creates a store
+
+
+def test_unreachable_tracking_server(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(
+        ReportError, match=f"cannot reach the MLflow tracking server at http://127.0.0.1:{port}"
+    ):
+        write_report(f"http://127.0.0.1:{port}", tmp_path)
+
+
+def test_cli_main_passes_its_options_and_reports_errors_in_one_line(store, tmp_path, monkeypatch, capsys):
+    uri, _ = store
+    parser = argparse.ArgumentParser()
+    report.add_arguments(parser)
+    with pytest.raises(SystemExit):  # --experiment and --study exclude each other
+        parser.parse_args(["--experiment", "a", "--study", "b"])
+    capsys.readouterr()
+    args = parser.parse_args(["--tracking-uri", uri, "--experiment", "nope", "--out", str(tmp_path / "r")])
+    assert report.main(args) == 2
+    err = capsys.readouterr().err
+    assert "unknown experiment 'nope'" in err and err.count("\n") == 1
+
+    seen = {}
+
+    def fake_write_report(tracking_uri, out_dir, **kw):
+        seen.update(kw, tracking_uri=tracking_uri, out_dir=out_dir)
+        return tmp_path / "r" / "report.html"
+
+    monkeypatch.setattr(report, "write_report", fake_write_report)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///from_env.db")
+    assert report.main(parser.parse_args(["--study", "abc", "--study-name", "S"])) == 0
+    assert seen == {
+        "tracking_uri": "sqlite:///from_env.db",
+        "out_dir": "normstudy_report",
+        "experiment": None,
+        "study_run_id": "abc",
+        "study_name": "S",
+    }
+    assert capsys.readouterr().out.strip() == str(tmp_path / "r" / "report.html")
