@@ -143,9 +143,7 @@ def claim_stability(summaries: Mapping[str, SchemeSummary]) -> Claim:
             f"{_lr(_largest_stable(bn))}"
         )
     if not holds:
-        return Claim(
-            2, text, NOT_MEASURED, "No WN-family scheme was tried at learning rates BN was tried at."
-        )
+        return Claim(2, text, NOT_MEASURED, "No WN-family scheme was tried at learning rates BN was tried at.")
     reason = "; ".join(parts) + "."
     if not any_div:
         reason += " No trial diverged in the common range: widen the learning-rate grid to probe stability."
@@ -226,9 +224,7 @@ def paper_comparison(
     test = "; ".join(f"{n} {pts(c1.evidence[n]['test_minus_bn'])}" for n in fam) or "not measured"
     train = "; ".join(f"{n} {pts(c1.evidence[n]['train_minus_bn'])}" for n in fam) or "not measured"
     div = (
-        "; ".join(
-            f"{n} {_pct(s.divergence_rate)}" for n, s in summaries.items() if s.divergence_rate is not None
-        )
+        "; ".join(f"{n} {_pct(s.divergence_rate)}" for n, s in summaries.items() if s.divergence_rate is not None)
         or "not measured"
     )
     bn = summaries.get("bn")

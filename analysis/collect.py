@@ -124,9 +124,7 @@ def connect(tracking_uri: str):
     elif parsed.scheme == "sqlite":
         path = uri[len("sqlite:///") :]
         if path and path != ":memory:" and not Path(path).is_file():
-            raise ReportError(
-                f"no MLflow database at {path} (tracking URI {uri}); run a study or fix --tracking-uri"
-            )
+            raise ReportError(f"no MLflow database at {path} (tracking URI {uri}); run a study or fix --tracking-uri")
     from mlflow import MlflowClient
 
     with mlflow_errors(uri):
@@ -175,22 +173,16 @@ def find_study_run(client, *, experiment: str | None, study_run_id: str | None, 
         try:
             run = client.get_run(study_run_id)
         except Exception:
-            raise ReportError(
-                f"no MLflow run with id {study_run_id}; pass a study run's id to --study"
-            ) from None
+            raise ReportError(f"no MLflow run with id {study_run_id}; pass a study run's id to --study") from None
         if run.data.tags.get("normstudy.role") != "study":
             role = run.data.tags.get("normstudy.role", "no normstudy.role tag")
-            raise ReportError(
-                f"run {study_run_id} is not a study run ({role}); pass the study (parent) run's id"
-            )
+            raise ReportError(f"run {study_run_id} is not a study run ({role}); pass the study (parent) run's id")
         return run, client.get_experiment(run.info.experiment_id).name
     name = experiment or DEFAULT_EXPERIMENT
     exp = client.get_experiment_by_name(name)
     if exp is None:
         known = sorted(e.name for e in client.search_experiments())
-        raise ReportError(
-            f"unknown experiment '{name}'; experiments in this store: {', '.join(known) or 'none'}"
-        )
+        raise ReportError(f"unknown experiment '{name}'; experiments in this store: {', '.join(known) or 'none'}")
     flt = "tags.\"normstudy.role\" = 'study'"
     if study_name:
         flt += f' and tags."normstudy.study" = {_quote(study_name)}'
@@ -280,17 +272,11 @@ def read_study(
         schemes: dict[str, SchemeData] = {}
         by_run_id: dict[str, SchemeData] = {}
         for run in scheme_runs:
-            sname = (
-                run.data.tags.get("normstudy.scheme") or run.data.params.get("scheme") or run.info.run_name
-            )
-            if (
-                sname in schemes
-            ):  # a resumed study may hold two runs of a scheme: keep the first (latest-listed)
+            sname = run.data.tags.get("normstudy.scheme") or run.data.params.get("scheme") or run.info.run_name
+            if sname in schemes:  # a resumed study may hold two runs of a scheme: keep the first (latest-listed)
                 by_run_id[run.info.run_id] = schemes[sname]
                 continue
-            schemes[sname] = SchemeData(
-                sname, run.info.run_id, dict(run.data.params), dict(run.data.metrics), []
-            )
+            schemes[sname] = SchemeData(sname, run.info.run_id, dict(run.data.params), dict(run.data.metrics), [])
             by_run_id[run.info.run_id] = schemes[sname]
         for run in trial_runs:
             parent = by_run_id.get(run.data.tags.get("mlflow.parentRunId", ""))

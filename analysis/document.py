@@ -217,9 +217,7 @@ def _schemes_section(d: dict, out: Path) -> Section:
                 ],
                 rows,
             ),
-            *_img(
-                out, d["plots"].get("accuracy"), "Train vs test top-1 of each scheme's best configuration."
-            ),
+            *_img(out, d["plots"].get("accuracy"), "Train vs test top-1 of each scheme's best configuration."),
         ],
     )
 
@@ -296,9 +294,7 @@ def _ew_row(label: list[str], st: Mapping[str, Any]) -> list[str]:
         if st["n_diverged"]
         else "no diverged trial"
     )
-    lead = (
-        f"{_g(st['lead_median'])} (min {st['lead_min']}, max {st['lead_max']})" if st["lead_steps"] else "—"
-    )
+    lead = f"{_g(st['lead_median'])} (min {st['lead_min']}, max {st['lead_max']})" if st["lead_steps"] else "—"
     fa = (
         f"{st['n_false_alarms']}/{st['n_stable']} ({pct(st['false_alarm_rate'], 0)})"
         if st["n_stable"]
@@ -310,9 +306,7 @@ def _ew_row(label: list[str], st: Mapping[str, Any]) -> list[str]:
 def _early_warning_section(d: dict) -> Section:
     ew = d["early_warning"]
     head = ["warned before divergence", "lead time, steps: median (range)", "false alarms on stable trials"]
-    measured = [
-        s for s in (*SIGNALS, ANY) if ew["per_signal"][s]["n_diverged"] + ew["per_signal"][s]["n_stable"]
-    ]
+    measured = [s for s in (*SIGNALS, ANY) if ew["per_signal"][s]["n_diverged"] + ew["per_signal"][s]["n_stable"]]
     per_signal = [_ew_row([s, ew["signals"][s]], ew["per_signal"][s]) for s in measured]
     not_measured = [s for s in SIGNALS if s not in measured]
     per_scheme = [
@@ -350,9 +344,7 @@ def _early_warning_section(d: dict) -> Section:
     if per_scheme:
         blocks.append(Table(["scheme", "signal", *head], per_scheme))
     if trial_rows:
-        blocks.append(
-            "Lead time (steps) of each signal on each diverged trial (— = no warning before it diverged):"
-        )
+        blocks.append("Lead time (steps) of each signal on each diverged trial (— = no warning before it diverged):")
         blocks.append(Table(["scheme", "trial", "diverged at step", *SIGNALS, ANY], trial_rows))
     return Section("early-warning", "Early warning", blocks)
 

@@ -78,9 +78,7 @@ def first_warning(trial: TrialData, signal: str, th: Thresholds = THRESHOLDS) ->
         sharp = trial.curves.get("sharpness")
         if sharp is None or not len(sharp):
             return False, None
-        products = [
-            v * (_lr_at(trial, s) or math.nan) for s, v in zip(sharp.steps, sharp.values, strict=True)
-        ]
+        products = [v * (_lr_at(trial, s) or math.nan) for s, v in zip(sharp.steps, sharp.values, strict=True)]
         return True, _first_past(sharp.steps, products, th.sharpness_lr)
     curve: Curve | None = trial.curves.get(signal)
     if curve is None or not len(curve):
@@ -90,9 +88,7 @@ def first_warning(trial: TrialData, signal: str, th: Thresholds = THRESHOLDS) ->
         base = [v for v in curve.values[:k] if math.isfinite(v)]
         if not base or statistics.median(base) <= 0:
             return False, None
-        return True, _first_past(
-            curve.steps[k:], curve.values[k:], th.grad_norm_rel * statistics.median(base)
-        )
+        return True, _first_past(curve.steps[k:], curve.values[k:], th.grad_norm_rel * statistics.median(base))
     limit = {"update_ratio_max": th.update_ratio_max, "spike_ratio": th.spike_ratio}[signal]
     return True, _first_past(curve.steps, curve.values, limit)
 

@@ -4,7 +4,7 @@
 
 writes into ``out_dir``: report.json (schema: docs/report.md), report.md, a self-contained report.html
 and the PNG plots. The pipeline: collect (MLflow → dataclasses) → summarize / claims / early_warning
-(pure) → plots → document (report.json's dict and the sections) → render (md, html).
+(pure) → plots, curve_plots → document (report.json's dict and the sections) → render (md, html).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis import claims as claims_mod
-from analysis import collect, document, early_warning, plots, render
+from analysis import collect, curve_plots, document, early_warning, plots, render
 from analysis.collect import DEFAULT_EXPERIMENT, ReportError
 from analysis.summarize import SchemeSummary, summarize_scheme
 
@@ -50,10 +50,8 @@ def _draw(summaries: dict[str, SchemeSummary], trials, out: Path) -> dict[str, A
     drawn = {
         "accuracy": plots.plot_accuracy(summaries, out / "accuracy.png"),
         "divergence_vs_lr": plots.plot_divergence_vs_lr(summaries, out / "divergence_vs_lr.png"),
-        "curves": plots.plot_curves(summaries, trials, out / "curves.png"),
-        "signal_propagation": plots.plot_signal_propagation(
-            summaries, trials, out / "signal_propagation.png"
-        ),
+        "curves": curve_plots.plot_curves(summaries, trials, out / "curves.png"),
+        "signal_propagation": curve_plots.plot_signal_propagation(summaries, trials, out / "signal_propagation.png"),
         "step_time": plots.plot_step_time(summaries, out / "step_time.png"),
     }
     return {"stability_maps": maps} | {k: (p.name if p else None) for k, p in drawn.items()}
@@ -129,13 +127,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"MLflow experiment (default: {DEFAULT_EXPERIMENT}); its most recent study run is reported",
     )
-    which.add_argument(
-        "--study", dest="study_run_id", default=None, metavar="RUN_ID", help="a study run's id"
-    )
+    which.add_argument("--study", dest="study_run_id", default=None, metavar="RUN_ID", help="a study run's id")
     parser.add_argument("--study-name", default=None, help="the most recent study run with this name")
-    parser.add_argument(
-        "--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default: {DEFAULT_OUT})"
-    )
+    parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default: {DEFAULT_OUT})")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -128,7 +128,6 @@ def run_study(spec: StudySpec, *, resume: bool = False, fresh: bool = False, out
         parent_runs[entry.name] = tracker.scheme_run(study, entry.name, study_run, scheme_params)
         _profile_scheme(tracker, parent_runs[entry.name], spec, entry.name)
 
-    trainable = tune.with_parameters(run_trial, study_spec=spec.to_dict(), parent_runs=parent_runs)
     cpus = 0 if uses_torch_trainer(spec) else spec.scaling.cpus_per_worker
     if spec.search.mode == "grid":
         # One experiment holds every scheme's grid: trial actors are reused across schemes (a new
@@ -137,8 +136,8 @@ def run_study(spec: StudySpec, *, resume: bool = False, fresh: bool = False, out
     else:
         experiments = [(e.name, e.name, None) for e in spec.schemes]
     for name, scheme, points in experiments:
-        wrapped = tune.with_resources(tune.with_parameters(trainable, scheme=scheme) if scheme else trainable,
-                                      {"CPU": cpus})
+        trainable = tune.with_parameters(run_trial, study_spec=spec.to_dict(), parent_runs=parent_runs, scheme=scheme)
+        wrapped = tune.with_resources(trainable, {"CPU": cpus})
         path = root / name
         progress.scheme = scheme or ""
         if resume and tune.Tuner.can_restore(str(path)):
@@ -203,17 +202,7 @@ def _new_tuner(spec: StudySpec, name: str, scheme: str | None, points: list[dict
 
         import search_spaces
 
-        dims = search_spaces.for_scheme(spec, scheme)
-        seed = s.seeds[0]
-
-        def define(trial) -> dict[str, Any]:
-            for dim_name, d in dims.items():
-                if d.type == "int":
-                    trial.suggest_int(dim_name, int(d.min), int(d.max), log=d.scaling == "log")
-                else:
-                    trial.suggest_float(dim_name, d.min, d.max, log=d.scaling == "log")
-            return {"seed": seed}
-
+        define = OptunaSpace(search_spaces.for_scheme(spec, scheme), s.seeds[0])
         # metric/mode on the searcher itself: it ignores TuneConfig's with a define-by-run space.
         search_alg = OptunaSearch(space=define, metric=metric, mode=mode, seed=s.optuna_seed)
         space, num_samples = {}, s.num_samples
@@ -232,6 +221,21 @@ def _new_tuner(spec: StudySpec, name: str, scheme: str | None, points: list[dict
                                   failure_config=tune.FailureConfig(max_failures=spec.scaling.max_failures),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
+
+
+class OptunaSpace:
+    """Optuna define-by-run space from a search_spaces file (a class, so Tune can pickle the searcher)."""
+
+    def __init__(self, dims: dict[str, Any], seed: int) -> None:
+        self.dims, self.seed = dims, seed
+
+    def __call__(self, trial) -> dict[str, Any]:
+        for name, d in self.dims.items():
+            if d.type == "int":
+                trial.suggest_int(name, int(d.min), int(d.max), log=d.scaling == "log")
+            else:
+                trial.suggest_float(name, d.min, d.max, log=d.scaling == "log")
+        return {"seed": self.seed}
 
 
 def _hp_of(config: dict[str, Any] | None) -> dict[str, Any]:

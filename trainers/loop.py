@@ -9,6 +9,8 @@ and, for single-worker CPU trials, inside the Tune trial process (DESIGN.md §2)
 ``session`` ('train' | 'tune' | 'local'), ``tracking_uri`` and ``run_id`` (rank 0 logs curves there;
 None = no MLflow), and optionally ``max_steps`` (overrides the spec; 0 = set up and stop).
 
+The summary is reported last, with the final step's checkpoint (the trained weights; rank 0).
+
 Host–device syncs: one per report interval (the monitor's ``flush``), plus evaluation; the step itself
 never calls ``.item()``.
 """
@@ -71,7 +73,8 @@ def train_loop_per_worker(config: dict[str, Any], session: Session | None = None
     eval_every = t.eval_every or steps_per_epoch
     ckpt_every = t.checkpoint_every or eval_every
 
-    optimizer = torch.optim.SGD(_param_groups(model, t.weight_decay, t.wd_exclude_norm_and_bias),
+    groups = _param_groups(model, t.weight_decay, t.wd_exclude_norm_and_bias, scheme.lr_multipliers(model))
+    optimizer = torch.optim.SGD(groups,
                                 lr=base_lr(t.lr, t.batch_size, t.lr_reference_batch), momentum=t.momentum,
                                 nesterov=t.nesterov)
     monitor = DivergenceMonitor(model, spec.divergence)
@@ -103,6 +106,7 @@ def train_loop_per_worker(config: dict[str, Any], session: Session | None = None
     last_eval: dict[str, float] = {}
     divergence = None
     step_times: list[float] = []
+    final_ckpt: str | None = None  # the last step's checkpoint goes out with the summary
     batches = _batches(data.train, steps_per_epoch, start_step=step)
     interval_start = time.perf_counter()
     interval_steps = 0
@@ -112,7 +116,7 @@ def train_loop_per_worker(config: dict[str, Any], session: Session | None = None
         x, y = _to(x, device, t.channels_last), y.to(device, non_blocking=True)
         step += 1
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step - 1)
+            group["lr"] = lr_at(step - 1) * group["lr_mult"]
         detailed = step % t.report_every == 0
         monitor.start_step(step, detailed)
         with amp:
@@ -138,10 +142,10 @@ def train_loop_per_worker(config: dict[str, Any], session: Session | None = None
             elapsed = time.perf_counter() - interval_start
             step_time = elapsed / max(1, interval_steps)
             step_times.append(step_time)
-            interval_start, interval_steps = time.perf_counter(), 0
             divergence = _agree_on_divergence(report.divergence, world)
             for s, metrics in report.per_step.items():
-                logger.log_metrics({**metrics, "lr": lr_at(s - 1)}, s)
+                if divergence is None or s <= divergence.step:  # the curve ends where the run diverged
+                    logger.log_metrics({**metrics, "lr": lr_at(s - 1)}, s)
             logger.log_metrics({"step_time_s": step_time}, step)
             metrics = {**report.latest, "step": step, "lr": lr_at(step - 1), "step_time_s": step_time,
                        "diverged": float(divergence is not None), **last_eval}
@@ -157,8 +161,12 @@ def train_loop_per_worker(config: dict[str, Any], session: Session | None = None
             logger.flush()
             if divergence is None and step < total_steps:
                 session.report(metrics, checkpoint_dir=ckpt_dir)
-            if ckpt_dir:
+            if ckpt_dir and step < total_steps:
                 _cleanup(ckpt_dir)
+            elif ckpt_dir:
+                final_ckpt = ckpt_dir
+            # evaluation, checkpoint and MLflow writes are not step time: the next interval starts here
+            interval_start, interval_steps = time.perf_counter(), 0
 
     # --- summary ------------------------------------------------------------------------------------
     if divergence is None and step > 0 and not last_eval:
@@ -166,7 +174,9 @@ def train_loop_per_worker(config: dict[str, Any], session: Session | None = None
     summary.update(_summary(last_eval, divergence, step, step_times, spec))
     logger.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)}, max(step, 1))
     logger.flush()
-    session.report(summary)
+    session.report(summary, checkpoint_dir=final_ckpt)
+    if final_ckpt:
+        _cleanup(final_ckpt)
     return summary
 
 
@@ -213,9 +223,9 @@ def _summary(last_eval: dict[str, float], divergence, step: int, step_times: lis
     s: dict[str, Any] = {"steps_done": float(step),
                          "step_time_mean_s": float(np.median(step_times)) if step_times else float("nan")}
     if divergence is not None:
+        # No final accuracies: a diverged model's are meaningless, and 0.0 would read as a measurement.
         s.update(diverged=1.0, divergence_step=float(divergence.step), divergence_cause=divergence.cause,
-                 divergence_layer=divergence.layer, objective=_penalty(spec),
-                 final_train_top1=0.0, final_test_top1=0.0, final_test_top5=0.0, final_gap=0.0)
+                 divergence_layer=divergence.layer, objective=_penalty(spec))
     else:
         tr, te = last_eval.get("train_top1", 0.0), last_eval.get("test_top1", 0.0)
         s.update(diverged=0.0, objective=last_eval.get(spec.search.metric, te), final_train_top1=tr, final_test_top1=te,
@@ -240,14 +250,16 @@ def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Ten
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def _param_groups(model: nn.Module, weight_decay: float, exclude_1d: bool) -> list[dict[str, Any]]:
-    if not exclude_1d:
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    decay, no_decay = [], []
-    for p in model.parameters():
+def _param_groups(model: nn.Module, weight_decay: float, exclude_1d: bool,
+                  lr_mult: dict[str, float]) -> list[dict[str, Any]]:
+    """SGD groups keyed by (weight decay, lr multiplier). Excluded from decay when asked: every 1-d
+    parameter (biases, norm gains/shifts, WN's g, TReLU's α). ``lr_mult`` comes from the scheme."""
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)  # biases, norm gains/shifts, WN's g, TReLU's α
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            wd = 0.0 if exclude_1d and p.ndim <= 1 else weight_decay
+            groups.setdefault((wd, lr_mult.get(name, 1.0)), []).append(p)
+    return [{"params": ps, "weight_decay": wd, "lr_mult": m} for (wd, m), ps in groups.items()]
 
 
 def _agree_on_divergence(local, world: int):

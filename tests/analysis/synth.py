@@ -56,9 +56,7 @@ def trial(
     )
 
 
-def study(
-    schemes: dict[str, list[TrialData]], *, name: str = "S", scheme_metrics=None, params=None
-) -> StudyData:
+def study(schemes: dict[str, list[TrialData]], *, name: str = "S", scheme_metrics=None, params=None) -> StudyData:
     scheme_metrics = scheme_metrics or {}
     return StudyData(
         name=name,
@@ -73,9 +71,7 @@ def study(
             "training.max_steps": "120",
             "data.image_size": "16",
         },
-        schemes=[
-            SchemeData(n, "", {"scheme": n}, dict(scheme_metrics.get(n, {})), ts) for n, ts in schemes.items()
-        ],
+        schemes=[SchemeData(n, "", {"scheme": n}, dict(scheme_metrics.get(n, {})), ts) for n, ts in schemes.items()],
     )
 
 
@@ -83,9 +79,7 @@ def study(
 # A realistic-looking study: curves that decay when stable and blow up before a divergence
 
 
-def _curves(
-    rng, lr: float, steps: int, diverge_at: int | None, scheme: str, every: int = 10
-) -> dict[str, Curve]:
+def _curves(rng, lr: float, steps: int, diverge_at: int | None, scheme: str, every: int = 10) -> dict[str, Curve]:
     s = np.arange(1, (diverge_at or steps) + 1)
     loss = 2.3 * np.exp(-s / 35) + 0.35 + 0.04 * rng.standard_normal(len(s))
     grad = 1.2 * np.exp(-s / 50) + 0.6 + 0.05 * rng.standard_normal(len(s))
@@ -161,8 +155,7 @@ def realistic_study(steps: int = 120, seeds=(0, 1)) -> StudyData:
                             layer="layer3.1.conv2",
                             curves=_curves(rng, lr, steps, step, scheme),
                             metrics={
-                                "step_time_mean_s": (0.031 if scheme == "bn" else 0.024)
-                                * (1 + 0.05 * rng.random())
+                                "step_time_mean_s": (0.031 if scheme == "bn" else 0.024) * (1 + 0.05 * rng.random())
                             },
                         )
                     )
@@ -185,9 +178,7 @@ def write_mlflow(client, experiment: str, st: StudyData) -> str:
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     now = int(time.time() * 1000)
-    root = client.create_run(
-        exp_id, run_name=st.name, tags={"normstudy.role": "study", "normstudy.study": st.name}
-    )
+    root = client.create_run(exp_id, run_name=st.name, tags={"normstudy.role": "study", "normstudy.study": st.name})
     sid = root.info.run_id
     client.log_batch(sid, params=[Param(k, str(v)) for k, v in st.params.items()])
     for sch in st.schemes:
@@ -233,9 +224,7 @@ def write_mlflow(client, experiment: str, st: StudyData) -> str:
             ]
             last = max((c.steps[-1] for c in t.curves.values()), default=1)
             metrics += [
-                Metric(k, v, now + 10**6, last)
-                for k, v in t.metrics.items()
-                if k not in t.curves and v is not None
+                Metric(k, v, now + 10**6, last) for k, v in t.metrics.items() if k not in t.curves and v is not None
             ]
             metrics.append(Metric("diverged", float(t.diverged), now + 10**6, last))
             client.log_batch(rid, params=params)

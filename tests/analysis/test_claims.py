@@ -22,9 +22,7 @@ from tests.analysis.synth import study, trial
 def summaries(bn_test=0.76, wn_test=0.71, bn_lrs=(0.1, 1.0, 3.0), wn_div_lrs=(1.0,), metrics=None):
     bn = [trial("bn", lr, s, train=0.81, test=bn_test) for lr in bn_lrs for s in (0, 1)]
     wn = [
-        trial("wn", lr, s, diverged=True, step=9)
-        if lr in wn_div_lrs
-        else trial("wn", lr, s, train=0.91, test=wn_test)
+        trial("wn", lr, s, diverged=True, step=9) if lr in wn_div_lrs else trial("wn", lr, s, train=0.91, test=wn_test)
         for lr in (0.1, 1.0)
         for s in (0, 1)
     ]

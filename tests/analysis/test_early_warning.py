@@ -21,9 +21,7 @@ def flat(n: int, v: float = 1.0) -> list[float]:
 
 def test_grad_norm_warns_against_its_own_early_median():
     # 100 steps at 0.5, then 6.0 from step 60: 12x the baseline median (0.5) > 10x.
-    t = trial(
-        "wn", 1.0, 0, diverged=True, step=100, curves={"grad_norm": curve(flat(59, 0.5) + flat(41, 6.0))}
-    )
+    t = trial("wn", 1.0, 0, diverged=True, step=100, curves={"grad_norm": curve(flat(59, 0.5) + flat(41, 6.0))})
     assert first_warning(t, "grad_norm") == (True, 60)
     # A large but steady gradient norm never warns: the threshold is relative.
     t2 = trial("wn", 1.0, 0, train=0.5, test=0.4, curves={"grad_norm": curve(flat(100, 50.0))})
@@ -94,9 +92,7 @@ def test_lead_times_false_alarms_and_recommendation():
             curves={"grad_norm": grad(60, 56), "spike_ratio": spike(60, 60)},
         ),
         # stable: one spike (false alarm for spike_ratio), grad_norm quiet
-        trial(
-            "wn", 0.1, 0, train=0.9, test=0.8, curves={"grad_norm": grad(100), "spike_ratio": spike(100, 70)}
-        ),
+        trial("wn", 0.1, 0, train=0.9, test=0.8, curves={"grad_norm": grad(100), "spike_ratio": spike(100, 70)}),
         trial("bn", 0.1, 0, train=0.9, test=0.8, curves={"grad_norm": grad(100), "spike_ratio": spike(100)}),
     ]
     ew = evaluate(trials)

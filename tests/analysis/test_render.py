@@ -67,9 +67,7 @@ def test_markdown_links_the_png_files_and_json_lists_them(demo_report):
     linked = set(re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", md))
     assert linked == set(PLOTS)
     data = json.loads((demo_report / "report.json").read_text())
-    listed = {v for v in data["plots"].values() if isinstance(v, str)} | set(
-        data["plots"]["stability_maps"].values()
-    )
+    listed = {v for v in data["plots"].values() if isinstance(v, str)} | set(data["plots"]["stability_maps"].values())
     assert listed == set(PLOTS)
 
 
@@ -125,7 +123,7 @@ def test_sections_say_not_measured_when_the_data_is_missing(tmp_path, section):
 
 
 def test_curve_axis_is_cut_above_exploding_diverged_curves():
-    from analysis.plots import _curve_limits
+    from analysis.curve_plots import _curve_limits
 
     stable = np.array([2.0, 1.5, 1.0])
     exploded = np.array([2.0, 1e30, np.nan])

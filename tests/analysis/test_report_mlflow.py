@@ -26,9 +26,7 @@ def grad(div: int | None = None, spike_at: int | None = None) -> Curve:
 
 def loss(div: int | None = None) -> Curve:
     n = div or STEPS
-    return Curve(
-        tuple(range(1, n + 1)), tuple([2.0 / s**0.3 for s in range(1, n)] + [float("nan") if div else 0.3])
-    )
+    return Curve(tuple(range(1, n + 1)), tuple([2.0 / s**0.3 for s in range(1, n)] + [float("nan") if div else 0.3]))
 
 
 def act(scale: float) -> dict[str, Curve]:
@@ -51,9 +49,7 @@ def known_study(bn_better: bool, name: str, shares: dict | None = None):
     bn = [
         ok("bn", 0.1, 0, 0.80, 0.75 - d, extra=act(1.0)),
         ok("bn", 0.1, 1, 0.82, 0.77 - d),
-        ok(
-            "bn", 1.0, 0, 0.85, 0.70 - d, spike_at=30
-        ),  # a stable trial with one grad-norm spike: a false alarm
+        ok("bn", 1.0, 0, 0.85, 0.70 - d, spike_at=30),  # a stable trial with one grad-norm spike: a false alarm
         ok("bn", 1.0, 1, 0.87, 0.72 - d),
         div("bn", 3.0, 0, 15, "nonfinite_loss"),
         ok("bn", 3.0, 1, 0.60, 0.50 - d),
@@ -178,9 +174,7 @@ def test_unreachable_tracking_server(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(
-        ReportError, match=f"cannot reach the MLflow tracking server at http://127.0.0.1:{port}"
-    ):
+    with pytest.raises(ReportError, match=f"cannot reach the MLflow tracking server at http://127.0.0.1:{port}"):
         write_report(f"http://127.0.0.1:{port}", tmp_path)
 
 

@@ -423,3 +423,22 @@ def test_hessian_top_eigenvalue_of_a_quadratic():
     top = mon.hessian_top_eigenvalue(model, 30)
     assert top == pytest.approx(9.0, rel=0.01)
     assert model.x.grad is None  # .grad untouched
+
+
+def test_hessian_mid_step_keeps_hooks_and_stats():
+    model = _resnet("bn")
+    mon = DivergenceMonitor(model, DivergenceSpec())
+    x = torch.randn(4, 3, 16, 16)
+    mon.start_step(1, True)
+    loss = nn.functional.cross_entropy(model(x), torch.arange(4))
+    n_hooks = _hook_count(model)
+    n_stats = {k: len(v) for k, v in mon._act.items()}
+    top = mon.hessian_top_eigenvalue(lambda: nn.functional.cross_entropy(model(x), torch.arange(4)), 3)
+    assert math.isfinite(top)
+    assert _hook_count(model) == n_hooks  # re-armed, and the sharpness forward left no stats behind
+    assert {k: len(v) for k, v in mon._act.items()} == n_stats
+    model.zero_grad()
+    loss.backward()
+    mon.record(loss)
+    mon.end_step()
+    assert "act_std/layer3" in mon.flush().per_step[1]

@@ -80,6 +80,10 @@ class NormScheme:
     def data_dependent_init(self, model: nn.Module, images: torch.Tensor) -> None:
         """Initialize from a batch (WN's data-dependent init). Default: nothing to do."""
 
+    def lr_multipliers(self, model: nn.Module) -> dict[str, float]:
+        """Parameter name -> learning-rate multiplier (Fixup trains its scalars at lr/10). Default: none."""
+        return {}
+
     def clip_gradients(self, model: nn.Module) -> None:
         """Called by the trainer after backward, before the optimizer step (NF's AGC). Default: nothing."""
 

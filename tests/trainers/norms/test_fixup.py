@@ -98,6 +98,14 @@ def test_scalar_biases_and_multipliers():
     assert not any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)) for m in model.modules())
 
 
+def test_lr_multipliers_cover_the_scalar_biases_scales_and_classifier_bias():
+    model = build_model("resnet18", "fixup", 10)
+    mult = norms.get("fixup").lr_multipliers(model)
+    scalars = {n for n, p in model.named_parameters() if p.numel() == 1}
+    assert set(mult) == scalars | {"fc.bias"} and set(mult.values()) == {0.1}
+    assert not any(n.endswith("weight") for n in mult)
+
+
 def test_ablation_options():
     torch.manual_seed(0)
     model = build_model("resnet_cifar", "fixup", 10, cifar_width=32, cifar_blocks=(3, 3, 3),

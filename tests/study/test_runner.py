@@ -1,0 +1,131 @@
+"""Studies end to end on a real local Ray, real Optuna and a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from study import spec as spec_mod
+from study.runner import grid_points, run_study, summary_table
+from study.tracking import ROLE, SCHEME, STUDY
+
+pytestmark = pytest.mark.integration
+
+TINY = [
+    "training.max_steps=12", "training.report_every=4", "training.eval_every=12",
+    "data.train_size=256", "data.test_size=128", "data.train_eval_size=64", "training.batch_size=32",
+    "training.lr_reference_batch=32", "model.cifar_blocks=[1, 1]",
+]
+
+
+def _runs(uri: str, study: str, role: str) -> list:
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("normstudy")
+    return client.search_runs([exp.experiment_id], f"tags.`{ROLE}` = '{role}' and tags.`{STUDY}` = '{study}'",
+                              max_results=1000)
+
+
+def test_optuna_study_two_schemes_hierarchy_distinct_lrs_and_divergence(tmp_path, ray_cluster, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # bn searches a sane range; wn a range where it always diverges (a forced divergence).
+    spaces = tmp_path / "spaces"
+    spaces.mkdir()
+    (spaces / "bn.yaml").write_text("lr: {min: 0.01, max: 0.3, scaling: log, default: 0.1, target: training.lr}\n")
+    (spaces / "wn.yaml").write_text(
+        "lr: {min: 1000.0, max: 10000.0, scaling: log, default: 2000.0, target: training.lr}\n"
+        "init_scale: {min: 0.5, max: 2.0, scaling: log, default: 1.0, target: scheme.init_scale}\n")
+    spec = spec_mod.load(None, TINY + ["schemes=[bn, wn]", "search.mode=optuna", "search.num_samples=3",
+                                       f"search.space_dir={spaces}", "tracking.study_name=opt"])
+    out = io.StringIO()
+    result = run_study(spec, out=out)
+
+    uri = result.tracking_uri
+    studies, schemes, trials = _runs(uri, "opt", "study"), _runs(uri, "opt", "scheme"), _runs(uri, "opt", "trial")
+    assert len(studies) == 1 and len(schemes) == 2 and len(trials) == 6
+    scheme_ids = {r.data.tags[SCHEME]: r.info.run_id for r in schemes}
+    assert all(r.data.tags["mlflow.parentRunId"] == studies[0].info.run_id for r in schemes)
+    for t in trials:
+        assert t.data.tags["mlflow.parentRunId"] == scheme_ids[t.data.tags[SCHEME]]
+        assert t.info.status == "FINISHED"
+        assert "training.momentum" in t.data.params and "hp.lr" in t.data.params  # every spec value + samples
+    assert "provenance.git_commit" in studies[0].data.params and "training.lr" in studies[0].data.params
+
+    bn_lrs = {float(t.data.params["hp.lr"]) for t in trials if t.data.tags[SCHEME] == "bn"}
+    assert len(bn_lrs) == 3 and all(0.01 <= lr <= 0.3 for lr in bn_lrs)  # Optuna sampled distinct values
+    wn = [t for t in trials if t.data.tags[SCHEME] == "wn"]
+    assert all(t.data.tags["diverged"] == "1" for t in wn)
+    for t in wn:
+        assert t.data.tags["divergence_cause"] in {"non_finite_loss", "non_finite_grad", "loss_explosion",
+                                                   "loss_spike"}
+        assert int(t.data.tags["divergence_step"]) >= 1
+        assert t.data.metrics["objective"] == 0.0  # a finite penalty, never NaN
+    assert all(t.data.tags["diverged"] == "0" for t in trials if t.data.tags[SCHEME] == "bn")
+    # Per-step curves landed in the trial runs.
+    client = MlflowClient(tracking_uri=uri)
+    hist = client.get_metric_history(trials[0].info.run_id, "loss")
+    assert len(hist) >= 1 and len({m.step for m in hist}) == len(hist)
+    lines = [ln for ln in out.getvalue().splitlines() if ln.startswith("[")]
+    assert len(lines) == 6  # one line per finished trial
+    assert "wn" in summary_table(result)
+
+
+def test_grid_points_cover_lr_init_scale_and_seeds_only_where_they_apply():
+    spec = spec_mod.load(None)
+    points = grid_points(spec)
+    s = spec.search
+    by_scheme = {}
+    for p in points:
+        by_scheme.setdefault(p["scheme"], []).append(p)
+    assert len(by_scheme["bn"]) == len(s.grid_lr) * len(s.seeds)
+    assert all("init_scale" not in p for p in by_scheme["bn"])
+    assert len(by_scheme["wn"]) == len(s.grid_lr) * len(s.grid_init_scale) * len(s.seeds)
+    assert len({(p["lr"], p["init_scale"], p["seed"]) for p in by_scheme["wn"]}) == len(by_scheme["wn"])
+
+
+def test_existing_study_needs_resume_or_fresh(tmp_path, ray_cluster, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "normstudy_results" / "dup").mkdir(parents=True)
+    spec = spec_mod.load(None, TINY + ["tracking.study_name=dup"])
+    with pytest.raises(spec_mod.SpecError, match="--resume"):
+        run_study(spec)
+
+
+def test_driver_killed_then_resume_finishes_exact_budget_without_duplicates(tmp_path, ray_cluster):
+    """SIGKILL the study driver part-way; `normstudy run --resume` ends with the full budget, once each."""
+    overrides = TINY + ["schemes=[bn, wn]", "search.mode=grid", "search.grid_lr=[0.01, 0.03, 0.1, 0.3]",
+                        "search.seeds=[0]", "search.grid_init_scale=[1.0]", "tracking.study_name=kill",
+                        "training.max_steps=40", "training.eval_every=20"]
+    args = [sys.executable, "-m", "study.cli", "run", "--no-report"] + [a for o in overrides for a in ("--set", o)]
+    # The driver joins the session's Ray (as under `ray job submit`), so killing it leaves Ray up.
+    env = dict(os.environ, RAY_ADDRESS=ray_cluster, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    finished, deadline = 0, time.time() + 240
+    for line in proc.stdout:
+        finished += line.startswith("[")
+        if finished >= 3 or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert finished >= 3, "the driver never finished 3 trials before the kill"
+
+    done = subprocess.run(args + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    trials = _runs(uri, "kill", "trial")
+    per_scheme = {}
+    for t in trials:
+        per_scheme.setdefault(t.data.tags[SCHEME], []).append(t)
+    assert {k: len(v) for k, v in per_scheme.items()} == {"bn": 4, "wn": 4}
+    for runs in per_scheme.values():
+        assert len({float(t.data.params["hp.lr"]) for t in runs}) == 4  # each grid point exactly once
+        assert all(t.info.status == "FINISHED" for t in runs)
+    assert len(_runs(uri, "kill", "study")) == 1 and len(_runs(uri, "kill", "scheme")) == 2
