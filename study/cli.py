@@ -107,14 +107,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ray.train.torch import TorchTrainer
 
     from study import spec as spec_mod
-    from study.runner import check_placeable, init_ray, resolve_paths
+    from study.preflight import preflight
+    from study.runner import init_ray, resolve_paths
     from study.tracking import StudyTracker
     from trainers.loop import train_loop_per_worker
 
     spec = resolve_paths(_load(args))
     spec.scheme(args.scheme)  # must be in the study's schemes
     init_ray(spec)
-    check_placeable(spec)
+    preflight(spec)
     tracker = StudyTracker(spec.tracking.tracking_uri, spec.tracking.experiment)
     run = tracker.client.create_run(tracker.experiment_id, run_name=f"train/{args.scheme}",
                                     tags={"normstudy.role": "train", "normstudy.scheme": args.scheme})

@@ -23,6 +23,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 from study import provenance  # noqa: E402
 from study import spec as spec_mod  # noqa: E402
+from study.preflight import preflight  # noqa: E402
 from study.spec import SpecError, StudySpec  # noqa: E402
 from study.tracking import ROLE, STUDY, StudyTracker, resolve_uri  # noqa: E402
 
@@ -81,20 +82,6 @@ def max_concurrent(spec: StudySpec) -> int:
     return max(1, int(res.get("CPU", 1) // (s.cpus_per_worker * s.num_workers)))
 
 
-def check_placeable(spec: StudySpec) -> None:
-    """Refuse a trial shape the cluster can never place (it would wait forever)."""
-    import ray
-
-    res, s = ray.cluster_resources(), spec.scaling
-    need_cpu = s.cpus_per_worker * s.num_workers
-    if need_cpu > res.get("CPU", 0):
-        raise SpecError(f"scaling.num_workers: {s.num_workers} workers × {s.cpus_per_worker} CPUs need {need_cpu:g} "
-                        f"CPUs but the cluster has {res.get('CPU', 0):g}; lower num_workers or cpus_per_worker")
-    if s.use_gpu and s.num_workers > res.get("GPU", 0):
-        raise SpecError(f"scaling.use_gpu: {s.num_workers} GPU workers but the cluster has "
-                        f"{res.get('GPU', 0):g} GPUs; lower scaling.num_workers or set use_gpu: false")
-
-
 def run_study(spec: StudySpec, *, resume: bool = False, fresh: bool = False, out: TextIO = sys.stdout) -> StudyResult:
     """Run (or, with ``resume``, continue) every scheme's experiment; returns what the trials reported."""
     from ray import tune
@@ -112,7 +99,7 @@ def run_study(spec: StudySpec, *, resume: bool = False, fresh: bool = False, out
                             f"continue it, --fresh to replace it, or --set tracking.study_name=NEW")
         _delete_study(spec, root)
     init_ray(spec)
-    check_placeable(spec)
+    preflight(spec)  # everything that can be refused is refused before anything is written
     tracker = StudyTracker(spec.tracking.tracking_uri, spec.tracking.experiment)
     params = spec_mod.flatten(spec)
     params.update(provenance.collect())

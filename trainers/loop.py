@@ -9,7 +9,9 @@ and, for single-worker CPU trials, inside the Tune trial process (DESIGN.md §2)
 ``session`` ('train' | 'tune' | 'local'), ``tracking_uri`` and ``run_id`` (rank 0 logs curves there;
 None = no MLflow), and optionally ``max_steps`` (overrides the spec; 0 = set up and stop).
 
-The summary is reported last, with the final step's checkpoint (the trained weights; rank 0).
+The summary is reported last and always with a checkpoint from rank 0 (Ray Train V2's ``Result.metrics``
+are those of the latest report that carried one): the final step's weights, or for a diverged run a
+checkpoint holding only ``summary.json`` (no diverged weights; resuming from it starts afresh).
 
 Host–device syncs: one per report interval (the monitor's ``flush``), plus evaluation; the step itself
 never calls ``.item()``.
@@ -18,6 +20,7 @@ never calls ``.item()``.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
@@ -43,6 +46,7 @@ from trainers.schedule import base_lr, lr_multiplier
 from trainers.session import LocalSession, Session, create_session
 
 CHECKPOINT_FILE = "state.pt"
+SUMMARY_FILE = "summary.json"  # in the checkpoint reported with the summary
 
 
 def train_loop_per_worker(config: dict[str, Any], session: Session | None = None) -> dict[str, Any]:
@@ -80,7 +84,7 @@ def train_loop_per_worker(config: dict[str, Any], session: Session | None = None
     monitor = DivergenceMonitor(model, spec.divergence)
     step = 0
     resume_dir = session.checkpoint_dir()
-    if resume_dir:
+    if resume_dir and (Path(resume_dir) / CHECKPOINT_FILE).is_file():
         step = _load_checkpoint(Path(resume_dir) / CHECKPOINT_FILE, model, optimizer, monitor)
     else:
         # Data-dependent init (WN) on the first batch; DDP's broadcast then makes it identical on all ranks.
@@ -174,6 +178,11 @@ def train_loop_per_worker(config: dict[str, Any], session: Session | None = None
     summary.update(_summary(last_eval, divergence, step, step_times, spec))
     logger.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)}, max(step, 1))
     logger.flush()
+    if rank == 0:
+        if final_ckpt is None:  # diverged, max_steps 0, or resumed from the final checkpoint
+            final_ckpt = (tempfile.mkdtemp(prefix="normstudy-ckpt-") if divergence is not None
+                          else _save_checkpoint(step, module, optimizer, monitor, rank))
+        Path(final_ckpt, SUMMARY_FILE).write_text(json.dumps(summary))
     session.report(summary, checkpoint_dir=final_ckpt)
     if final_ckpt:
         _cleanup(final_ckpt)

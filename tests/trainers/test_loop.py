@@ -10,6 +10,7 @@ Train's ``TorchTrainer``, and the ``normstudy train`` command in a subprocess.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -26,7 +27,7 @@ import torch
 
 import trainers.loop as loop
 from study.spec import StudySpec, load
-from trainers.loop import CHECKPOINT_FILE, train_loop_per_worker
+from trainers.loop import CHECKPOINT_FILE, SUMMARY_FILE, train_loop_per_worker
 from trainers.run_logger import MlflowRunLogger, NullLogger, create_logger
 from trainers.session import LocalSession
 
@@ -126,13 +127,25 @@ def test_absurd_lr_diverges_as_a_result_and_stops_early():
     assert math.isfinite(summary["objective"])
     assert session.reports[-1] == summary
     assert all(r.get("diverged", 0.0) == 0.0 for r in session.reports[:-1])
-    assert session.checkpoints == []  # no checkpoint of diverged weights
+    # the summary still comes with a checkpoint (Train V2's Result.metrics follow checkpoints), but one
+    # without the diverged weights
+    (last,) = session.checkpoints
+    assert not (Path(last) / CHECKPOINT_FILE).exists()
+    assert json.loads((Path(last) / SUMMARY_FILE).read_text()) == summary
+
+
+def test_resuming_a_diverged_run_starts_afresh_and_diverges_the_same_way():
+    spec = tiny("training.lr=1000", "training.max_steps=40", "training.report_every=5")
+    summary, session = train(spec, "wn")
+    again, _ = train(spec, "wn", LocalSession(resume_from=session.checkpoints[-1]))
+    assert again == summary
 
 
 def test_max_steps_zero_sets_up_and_stops():
     summary, session = train(tiny(), "bn", max_steps=0)
     assert summary["steps_done"] == 0.0 and summary["diverged"] == 0.0
     assert session.reports == [summary]
+    assert [load_state(c)["step"] for c in session.checkpoints] == [0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,6 +180,8 @@ def test_resume_after_a_crash_ends_with_the_uninterrupted_weights(scheme, monkey
         assert r["lr"] == a_at[r["step"]]["lr"]
         assert r["loss"] == pytest.approx(a_at[r["step"]]["loss"], rel=1e-5)
         assert r["test_loss"] == pytest.approx(a_at[r["step"]]["test_loss"], rel=1e-5)
+    for run, summary in ((a, summary_a), (c, summary_c)):
+        assert json.loads((Path(run.checkpoints[-1]) / SUMMARY_FILE).read_text()) == summary
     final_a, final_c = load_state(a.checkpoints[-1]), load_state(c.checkpoints[-1])
     assert final_a["step"] == final_c["step"] == 20
     assert final_a["model"].keys() == final_c["model"].keys()
@@ -188,6 +203,7 @@ def test_resume_from_the_final_checkpoint_only_evaluates():
     summary_a, a = train(spec, "bn")
     summary_b, b = train(spec, "bn", LocalSession(resume_from=a.checkpoints[-1]))
     assert b.reports == [summary_b]
+    assert load_state(b.checkpoints[-1])["step"] == 20  # reported again, so Ray's result keeps it
     assert summary_b["steps_done"] == 20.0
     assert summary_b["final_test_top1"] == pytest.approx(summary_a["final_test_top1"])
 
@@ -226,13 +242,21 @@ def test_the_step_makes_no_host_device_sync(monkeypatch):
                     f"training.eval_every={steps}")
         return count_syncs(monkeypatch, lambda: train(spec, "wn"))
 
+    def probe() -> None:  # the counter sees every spelling, on Parameters too
+        t, p = torch.ones(()), torch.nn.Parameter(torch.ones(()))
+        if t and p:
+            float(t), int(t), t.item(), t.tolist(), t.cpu(), t.numpy()
+
+    assert count_syncs(monkeypatch, probe) == Counter({"__bool__": 2, **{k: 1 for k in SYNCS if k != "__bool__"}})
+
     run(20, 10)  # warm caches (generated data, lazy imports)
     two_reports_20 = run(20, 10)
     two_reports_40 = run(40, 20)
     four_reports_40 = run(40, 10)
     assert sum(two_reports_20.values()) > 0  # the counter does see the reports' syncs
     assert two_reports_40 == two_reports_20  # 20 more steps, not one more call
-    assert sum(four_reports_40.values()) > sum(two_reports_40.values())
+    # each extra report: the monitor's one transfer (.cpu()) and its unpacking (.tolist() of a CPU tensor)
+    assert four_reports_40 - two_reports_40 == Counter(cpu=2, tolist=2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -353,8 +377,12 @@ def ddp_worker(config: dict[str, Any]) -> None:
     dist.all_reduce(lo, op=dist.ReduceOp.MIN)
     sums: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(sums, flat.sum().item())
+    # Train V2's Result.metrics are the latest report that carried a checkpoint: rank 0 attaches one
+    ckpt = None
+    if dist.get_rank() == 0:
+        ckpt = ray.train.Checkpoint.from_directory(tempfile.mkdtemp(prefix="ddp-check-"))
     ray.train.report({**summary, "world_size": dist.get_world_size(), "weights_spread": (hi - lo).max().item(),
-                      "weights_sums": sums})
+                      "weights_sums": sums}, checkpoint=ckpt)
 
 
 @pytest.mark.integration
