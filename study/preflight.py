@@ -22,6 +22,7 @@ write. The checks, cheapest first (docs/reliability.md lists the faults each one
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -41,6 +42,7 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 
 def preflight(spec: StudySpec) -> None:
     """All checks, in order; call after Ray is initialized (placement needs the cluster's resources)."""
+    check_finite(spec)
     check_names(spec)
     check_tracking(spec)
     check_storage(spec)
@@ -48,6 +50,23 @@ def preflight(spec: StudySpec) -> None:
     check_batches(spec)
     check_data(spec)
     check_placeable(spec)
+
+
+def check_finite(spec: StudySpec) -> None:
+    """YAML's ``.inf``/``.nan`` pass ``gt=0`` bounds (``training.epochs: .inf`` would overflow the step count
+    in every worker): refuse any non-finite number."""
+
+    def walk(value, path: str) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SpecError(f"{path}: must be a finite number, got {value}; give a number")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{path}.{k}" if path else str(k))
+        elif isinstance(value, list | tuple):
+            for i, v in enumerate(value):
+                walk(v, f"{path}.{i}")
+
+    walk(spec.model_dump(), "")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -226,9 +245,16 @@ def check_batches(spec: StudySpec) -> None:
     if t.batch_size % w:
         raise SpecError(f"training.batch_size: {t.batch_size} does not split evenly over {w} workers "
                         f"(the lr is scaled for the global batch); use a multiple of {w}")
-    if spec.data.kind == "generated" and spec.data.train_size < t.batch_size:
+    if spec.data.kind == "generated" and _steps(spec.data.train_size, t.batch_size, w) < 1:
         raise SpecError(f"data.train_size: {spec.data.train_size} samples give no full batch of "
-                        f"{t.batch_size}; raise data.train_size or lower training.batch_size")
+                        f"{t.batch_size // w} per worker on {w} worker(s); raise data.train_size or lower "
+                        "training.batch_size")
+
+
+def _steps(samples: int, global_batch: int, workers: int) -> int:
+    from trainers.data.base import steps_per_epoch
+
+    return steps_per_epoch(samples, global_batch // workers, workers)
 
 
 def check_data(spec: StudySpec) -> None:
@@ -242,10 +268,10 @@ def check_data(spec: StudySpec) -> None:
     except (OSError, ValueError) as err:
         msg = str(err).strip("'\"").replace("\n", " ")
         raise SpecError(msg if msg.startswith(("data.", "data:")) else f"data.path: {msg}") from None
-    t = spec.training
-    if len(splits.train) < t.batch_size:
+    t, w = spec.training, spec.scaling.num_workers
+    if _steps(len(splits.train), t.batch_size, w) < 1:
         raise SpecError(f"data.path: {len(splits.train)} training images give no full batch of "
-                        f"{t.batch_size}; lower training.batch_size or add images")
+                        f"{t.batch_size // w} per worker on {w} worker(s); lower training.batch_size or add images")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,23 +1,54 @@
 """An ImageNet-layout folder, scanned once and shared by the torchvision and DALI loaders.
 
 ``<path>/<train_dir>/<class>/<image>`` and ``<path>/<val_dir>/<class>/<image>``. Both loaders read the
-same list made here with torchvision's own scanner (sorted class names → labels 0..C-1, sorted files,
-ImageFolder's extensions), so a DALI run and a torchvision run label every image identically, and the
-shared index arithmetic in :mod:`trainers.data.base` picks the same files for a rank in the same order.
+same list made here, in torchvision's order (sorted class names → labels 0..C-1, files sorted within
+each folder walk, ImageFolder's extensions), so a DALI run and a torchvision run label every image
+identically, and the shared index arithmetic in :mod:`trainers.data.base` picks the same files for a
+rank in the same order.
+
+Bad data, case by case (docs/reliability.md):
+
+- a missing ``path``/``train_dir``/``val_dir``, a split without class folders, an **empty class folder**
+  (no image file), or **train and val with different class folders** → an error naming the folder
+  (labels come from the sorted class names: a class missing in one split would shift every later label);
+- a **non-image file** (an extension outside ``IMG_EXTENSIONS``: ``README.txt``, ``.DS_Store``, a file
+  directly in ``train/``) → skipped, never labelled; the count is kept in ``FolderSplits.skipped`` and
+  logged once as a warning by the scan (``normstudy.data`` logger) and in ``describe``;
+- a **corrupt image** → with ``verify=True`` (what ``study.preflight`` runs once on the driver, before
+  anything is written) an error naming the file: every image file must be non-empty and start with the
+  magic bytes of an image format PIL and DALI decode (by content, so ImageNet's PNG named ``.JPEG``
+  passes); a JPEG without its end-of-image marker or a PNG without ``IEND`` at the end (a truncated copy)
+  is decoded fully with PIL and refused if that fails. Cost: two small reads per file (threads), a full
+  decode only for the rare file without its end marker. Damage *inside* an intact-looking file is found
+  when it is decoded: :func:`open_image` and :func:`first_undecodable` name the file there. Workers scan
+  with ``verify=False`` (listing only).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, has_file_allowed_extension
 
 from study.spec import DataSpec
 
 # ImageNet statistics (torchvision's reference recipe): [0, 1] scale for torchvision, x255 for DALI.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+log = logging.getLogger("normstudy.data")
+
+# Magic bytes of the formats behind IMG_EXTENSIONS (PIL and DALI both decode by content, not by name).
+MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*", b"P1", b"P2", b"P3",
+         b"P4", b"P5", b"P6", b"GIF87a", b"GIF89a")
+JPEG_EOI, PNG_IEND = b"\xff\xd9", b"IEND\xaeB`\x82"
+TAIL_BYTES = 64  # a JPEG may carry a little padding after its end-of-image marker
+VERIFY_THREADS = 16  # header reads are I/O bound (network file systems especially)
 
 
 @dataclass(frozen=True)
@@ -29,10 +60,15 @@ class FolderSplits:
     val: tuple[tuple[str, int], ...]
     train_root: Path
     val_root: Path
+    skipped: int = 0  # non-image files left out of both splits (logged by the scan)
 
 
-def scan_folder(data: DataSpec) -> FolderSplits:
-    """Scan train and val; raise FileNotFoundError / ValueError with the path and the fix."""
+def scan_folder(data: DataSpec, *, verify: bool = False) -> FolderSplits:
+    """Scan train and val; raise FileNotFoundError / ValueError with the path (or file) and the fix.
+
+    ``verify``: also check every image file's header (and, without an end marker, its decode) — see the
+    module docstring; the preflight does this once, workers do not.
+    """
     if not data.path:
         raise ValueError("data.path: required when data.kind is 'folder'; give an ImageNet-layout folder")
     root = Path(data.path).expanduser().absolute()  # workers may change directory later
@@ -58,9 +94,16 @@ def scan_folder(data: DataSpec) -> FolderSplits:
             f"(only in train: {_few(only_train)}; only in val: {_few(only_val)}); "
             "both splits need the same class sub-folders"
         )
-    train = _samples(train_root, class_to_idx)
-    val = _samples(val_root, class_to_idx)
-    return FolderSplits(tuple(train_classes), train, val, train_root, val_root)
+    train, skipped_train = _samples(train_root, class_to_idx)
+    val, skipped_val = _samples(val_root, class_to_idx)
+    skipped = skipped_train + skipped_val
+    if skipped:
+        log.warning("data: skipped %d non-image file(s) under %s (e.g. %s); only %s files are read",
+                    len(skipped), root, _few([str(Path(p).relative_to(root)) for p in skipped], 3),
+                    "/".join(IMG_EXTENSIONS))
+    if verify:
+        verify_images([p for p, _ in train] + [p for p, _ in val])
+    return FolderSplits(tuple(train_classes), train, val, train_root, val_root, len(skipped))
 
 
 def _classes(split: Path) -> tuple[list[str], dict[str, int]]:
@@ -72,11 +115,92 @@ def _classes(split: Path) -> tuple[list[str], dict[str, int]]:
         ) from None
 
 
-def _samples(split: Path, class_to_idx: dict[str, int]) -> tuple[tuple[str, int], ...]:
+def _samples(split: Path, class_to_idx: dict[str, int]) -> tuple[tuple[tuple[str, int], ...], list[str]]:
+    """``(path, label)`` in torchvision's ``make_dataset`` order, and the non-image files skipped."""
+    samples: list[tuple[str, int]] = []
+    skipped = [str(e.path) for e in os.scandir(split) if not e.is_dir()]  # files beside the class folders
+    for name in sorted(class_to_idx):
+        label, folder, found = class_to_idx[name], split / name, 0
+        for top, _, fnames in sorted(os.walk(folder, followlinks=True)):
+            for fname in sorted(fnames):
+                path = os.path.join(top, fname)
+                if has_file_allowed_extension(path, IMG_EXTENSIONS):
+                    samples.append((path, label))
+                    found += 1
+                else:
+                    skipped.append(path)
+        if not found:
+            raise FileNotFoundError(
+                f"data: class folder '{folder}' has no image files ({'/'.join(IMG_EXTENSIONS)}); add its "
+                "images or remove the folder from both splits"
+            )
+    return tuple(samples), sorted(skipped)
+
+
+def verify_images(paths: Sequence[str]) -> None:
+    """Raise ValueError naming the first (in ``paths`` order) file that is not a decodable-looking image."""
+    if not paths:
+        return
+    with ThreadPoolExecutor(max_workers=min(VERIFY_THREADS, len(paths))) as pool:
+        for path, problem in zip(paths, pool.map(_image_problem, paths, chunksize=256), strict=True):
+            if problem:
+                raise ValueError(f"data: '{path}' {problem}; remove or replace the file")
+
+
+def _image_problem(path: str) -> str | None:
+    """What is wrong with one image file (None: looks fine). Two small reads; a decode only when the
+    file lacks its format's end marker."""
     try:
-        return tuple(make_dataset(str(split), class_to_idx, extensions=IMG_EXTENSIONS))
-    except FileNotFoundError as err:  # torchvision: a class folder without a single image
-        raise FileNotFoundError(f"data: {err}".replace("\n", " ")) from None
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - TAIL_BYTES))
+            tail = fh.read()
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    if size == 0:
+        return "is empty (0 bytes)"
+    if not (head.startswith(MAGIC) or head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return f"is not an image (it starts with {head[:8]!r}, no image format's signature)"
+    truncated = (head.startswith(b"\xff\xd8") and JPEG_EOI not in tail
+                 or head.startswith(b"\x89PNG") and not tail.endswith(PNG_IEND))
+    if truncated:
+        err = decode_error(path)
+        if err:
+            return f"is truncated or corrupt ({err})"
+    return None
+
+
+def decode_error(path: str) -> str | None:
+    """Decode one file fully with PIL; the error as text, or None when it decodes."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.convert("RGB").load()
+    except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def open_image(path: str):
+    """torchvision's ``default_loader`` with the file named in the error: a decode failure mid-training
+    says which file to replace instead of PIL's bare 'Truncated File Read'."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except Exception as err:  # noqa: BLE001 - any decode failure
+        raise ValueError(f"data: cannot decode '{path}' ({type(err).__name__}: {err}); remove or replace "
+                         "the file") from err
+
+
+def first_undecodable(paths: Iterable[str]) -> str | None:
+    """The first of ``paths`` PIL cannot decode (for naming the file after a DALI batch fails to decode)."""
+    for path in paths:
+        if decode_error(path):
+            return path
+    return None
 
 
 def _few(names: list[str], n: int = 5) -> str:
@@ -86,5 +210,6 @@ def _few(names: list[str], n: int = 5) -> str:
 
 
 def describe(loader: str, splits: FolderSplits, data: DataSpec) -> str:
+    skipped = f", {splits.skipped} non-image files skipped" if splits.skipped else ""
     return (f"folder ({loader}): {len(splits.classes)} classes, {len(splits.train)} train / "
-            f"{len(splits.val)} val, {data.image_size} px, {splits.train_root.parent}")
+            f"{len(splits.val)} val, {data.image_size} px, {splits.train_root.parent}{skipped}")

@@ -1,5 +1,6 @@
 """Normalization schemes. Adding one: a new module that ``@register``s a ``NormScheme``, and one import here."""
 
+# ruff: noqa: I001 - the registry lines are in the order `normstudy schemes` lists them
 from trainers.norms.base import NormScheme, SchemeOptions
 from trainers.norms.registry import create, get, names, register
 

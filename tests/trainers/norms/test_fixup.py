@@ -100,7 +100,7 @@ def test_scalar_biases_and_multipliers():
 
 def test_lr_multipliers_cover_the_scalar_biases_scales_and_classifier_bias():
     model = build_model("resnet18", "fixup", 10)
-    mult = norms.get("fixup").lr_multipliers(model)
+    mult = norms.create("fixup").lr_multipliers(model)
     scalars = {n for n, p in model.named_parameters() if p.numel() == 1}
     assert set(mult) == scalars | {"fc.bias"} and set(mult.values()) == {0.1}
     assert not any(n.endswith("weight") for n in mult)

@@ -1,0 +1,258 @@
+"""Issue 9 §3: malformed specs give one line on stderr naming the field (and the fix), exit 2, and write
+nothing — no mlruns.db, no normstudy_results, no normstudy_report, no MLflow run.
+
+Two layers, both through the real ``normstudy run`` (``study.cli.main``):
+- spec errors (types, unknown keys, sizes, names, YAML, ``--set``) fail in ``study.spec.load``: no Ray;
+- preflight errors (tracking store, data path, search spaces, placement) fail in ``study.preflight``
+  after Ray is up and before the first MLflow write: the CLI cases join the session's Ray
+  (``ray_cluster``); the same cases also run fast against ``preflight`` with a faked 2-CPU cluster.
+A few run as real subprocesses to prove the exit code and the stderr line end to end.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from study import spec as spec_mod
+from study.cli import main
+from study.preflight import preflight
+from study.runner import resolve_paths
+from study.spec import SpecError
+from tests.reliability.conftest import TINY, cli_subprocess, closed_port, written
+
+# --------------------------------------------------------------------------------------------------
+# Spec errors: (id, YAML text of --spec or None, extra CLI args, what the line must start with)
+
+SPEC_CASES = [
+    ("type-int", "training: {batch_size: abc}", [], "training.batch_size:"),
+    ("type-float-list", "training: {lr: [0.1]}", [], "training.lr:"),
+    ("type-bool", "training: {nesterov: maybe}", [], "training.nesterov:"),
+    ("type-section", "training: 5", [], "training:"),
+    ("type-list", "search: {seeds: 3}", [], "search.seeds:"),
+    ("unknown-top-key", "trainig: {lr: 0.1}", [], "trainig: unknown key"),
+    ("unknown-nested-key", "training: {lrr: 0.1}", [], "training.lrr: unknown key"),
+    ("negative-lr", "training: {lr: -0.1}", [], "training.lr: must be > 0"),
+    ("zero-batch", "training: {batch_size: 0}", [], "training.batch_size: must be > 0"),
+    ("zero-image-size", "data: {image_size: 0}", [], "data.image_size: must be > 0"),
+    ("negative-train-size", "data: {train_size: -4}", [], "data.train_size: must be > 0"),
+    ("zero-workers", "scaling: {num_workers: 0}", [], "scaling.num_workers: must be > 0"),
+    ("negative-workers", "scaling: {num_workers: -2}", [], "scaling.num_workers: must be > 0"),
+    ("zero-cpus", "scaling: {cpus_per_worker: 0}", [], "scaling.cpus_per_worker: must be > 0"),
+    ("negative-max-steps", "training: {max_steps: -5}", [], "training.max_steps: must be >= 0"),
+    ("zero-blocks", "model: {cifar_blocks: [1, 0]}", [], "model.cifar_blocks:"),
+    ("zero-samples", "search: {num_samples: 0}", [], "search.num_samples: must be > 0"),
+    ("momentum-one", "training: {momentum: 1.0}", [], "training.momentum: must be < 1"),
+    ("loss-multiple", "divergence: {loss_multiple: 1}", [], "divergence.loss_multiple: must be > 1"),
+    ("unknown-scheme", "schemes: [bn, batchnorm2]", [], "schemes"),
+    ("unknown-arch", "model: {arch: resnet9000}", [], "model.arch: must be one of"),
+    ("unknown-schedule", "training: {schedule: linear}", [], "training.schedule: must be one of"),
+    ("unknown-data-kind", "data: {kind: imagenet}", [], "data.kind: must be one of"),
+    ("unknown-scheme-option", "schemes: {wn: {bogus: 1}}", [], "schemes.wn.bogus: unknown option"),
+    ("bad-scheme-option", "schemes: {wn: {init_scale: -1}}", [], "schemes.wn.init_scale:"),
+    ("empty-schemes", "schemes: []", [], "schemes:"),
+    ("duplicate-scheme", "schemes: [bn, bn]", [], "schemes:"),
+    ("empty-grid", "search: {grid_lr: []}", [], "search.grid_lr: must not be empty"),
+    ("negative-grid", "search: {grid_lr: [0.1, -1]}", [], "search.grid_lr: every value must be > 0"),
+    ("empty-seeds", "search: {seeds: []}", [], "search.seeds: must not be empty"),
+    ("folder-without-path", "data: {kind: folder}", [], "data.path: required"),
+    ("yaml-syntax", "training:\n  lr: [0.1\n  momentum: 0.9\n", [], "{spec}: line"),
+    ("yaml-top-list", "- model\n- training\n", [], "{spec}: the top level must be a mapping"),
+    ("yaml-python-tag", '!!python/object/apply:os.system ["touch PWNED"]\n', [], "{spec}:"),
+    ("yaml-python-tag-nested", 'training: !!python/object/apply:os.system ["touch PWNED"]\n', [], "{spec}:"),
+    ("missing-spec-file", None, ["--spec", "{inp}/nope.yaml"], "--spec: file"),
+    ("set-without-equals", None, ["--set", "training.lr"], "--set training.lr: expected section.field=value"),
+    ("set-bad-yaml", None, ["--set", "training.lr=[0.1"], "--set training.lr: value"),
+    ("set-through-value", None, ["--set", "training.lr.x=1"], "--set training.lr.x: 'lr' is not a section"),
+    ("set-unknown-key", None, ["--set", "training.lrr=0.3"], "training.lrr: unknown key"),
+    ("schemes-flag-unknown", None, ["--schemes", "bn,nope"], "schemes"),
+]
+
+
+def _args(inp: Path, text: str | None, extra: list[str]) -> list[str]:
+    args = ["run", "--no-report"]
+    if text is not None:
+        (inp / "spec.yaml").write_text(text)
+        args += ["--spec", str(inp / "spec.yaml")]
+    return args + [a.replace("{inp}", str(inp)) for a in extra]
+
+
+def _check_line(err: str, start: str, inp: Path) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"not one line on stderr: {err!r}"
+    assert lines[0].startswith("normstudy: "), lines[0]
+    msg = lines[0].removeprefix("normstudy: ")
+    start = start.replace("{spec}", str(inp / "spec.yaml")).replace("{inp}", str(inp))
+    assert msg.startswith(start), f"{msg!r} does not start with {start!r}"
+    return msg
+
+
+def test_at_least_thirty_malformed_specs_are_covered():
+    assert len(SPEC_CASES) + len(PREFLIGHT_CASES) >= 30
+    assert len(SPEC_CASES) >= 30
+
+
+@pytest.mark.parametrize("case", SPEC_CASES, ids=[c[0] for c in SPEC_CASES])
+def test_spec_error_is_one_line_exit_2_and_writes_nothing(case, tmp_path, cwd, capsys):
+    _, text, extra, start = case
+    inp = tmp_path / "in"
+    inp.mkdir()
+    rc = main(_args(inp, text, extra))
+    out, err = capsys.readouterr()
+    assert rc == 2, (out, err)
+    _check_line(err, start, inp)
+    assert written(cwd) == []
+    assert not (cwd / "PWNED").exists() and not (Path.cwd() / "PWNED").exists()  # the tag ran nothing
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("case", [SPEC_CASES[0], SPEC_CASES[33]], ids=["type-int", "yaml-python-tag"])
+def test_spec_error_through_a_real_subprocess(case, tmp_path):
+    _, text, extra, start = case
+    inp, cwd = tmp_path / "in", tmp_path / "cwd"
+    inp.mkdir(), cwd.mkdir()
+    proc = cli_subprocess(_args(inp, text, extra), cwd, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    _check_line(proc.stderr, start, inp)
+    assert written(cwd) == [] and not (cwd / "PWNED").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Preflight errors: refused after Ray is up, before anything is written.
+# (id, setup(inp) -> list of --set overrides, what the line must start with)
+
+
+def _space(inp: Path, text: str) -> list[str]:
+    d = inp / "spaces"
+    d.mkdir()
+    (d / "bn.yaml").write_text(text)
+    return ["schemes=[bn]", f"search.space_dir={d}"]
+
+
+def _folder(inp: Path, make: list[str]) -> list[str]:
+    root = inp / "data"
+    for rel in make:
+        (root / rel).mkdir(parents=True, exist_ok=True)
+    return ["data.kind=folder", f"data.path={root}", "data.loader=torchvision"]
+
+
+def _file(inp: Path, name: str, text: str) -> Path:
+    (inp / name).write_text(text)
+    return inp / name
+
+
+PREFLIGHT_CASES = [
+    ("uri-unreachable", lambda inp: [f"tracking.tracking_uri=http://127.0.0.1:{closed_port()}"],
+     "tracking.tracking_uri: cannot reach http://127.0.0.1:"),
+    ("uri-sqlite-no-folder", lambda inp: [f"tracking.tracking_uri=sqlite:///{inp}/nope/x.db"],
+     "tracking.tracking_uri: folder '{inp}/nope' of the SQLite file does not exist"),
+    ("uri-sqlite-not-a-db", lambda inp: [f"tracking.tracking_uri=sqlite:///{_file(inp, 'x.db', 'hello')}"],
+     "tracking.tracking_uri: '{inp}/x.db' is not a SQLite database"),
+    ("uri-file-store", lambda inp: ["tracking.tracking_uri=./mlruns"], "tracking.tracking_uri: "),
+    ("uri-unknown-scheme", lambda inp: ["tracking.tracking_uri=ftp://127.0.0.1/x"],
+     "tracking.tracking_uri: unknown scheme 'ftp'"),
+    ("study-name-quote", lambda inp: ["tracking.study_name=it's"], "tracking.study_name:"),
+    ("experiment-empty", lambda inp: ["tracking.experiment=''"], "tracking.experiment:"),
+    ("storage-is-a-file", lambda inp: [f"tracking.storage_path={_file(inp, 'f', '')}"], "tracking.storage_path:"),
+    ("workers-exceed-cluster", lambda inp: ["scaling.num_workers=4"], "scaling.num_workers: 4 workers"),
+    ("cpus-exceed-cluster", lambda inp: ["scaling.cpus_per_worker=3"], "scaling.num_workers: 1 workers × 3 CPUs"),
+    ("gpu-without-gpus", lambda inp: ["scaling.use_gpu=true"], "scaling.use_gpu:"),
+    ("batch-uneven", lambda inp: ["scaling.num_workers=2", "training.batch_size=63"],
+     "training.batch_size: 63 does not split evenly"),
+    ("batch-below-workers", lambda inp: ["scaling.num_workers=2", "training.batch_size=1"], "training.batch_size:"),
+    ("train-size-below-batch", lambda inp: ["data.train_size=16"], "data.train_size:"),
+    ("data-path-missing", lambda inp: ["data.kind=folder", f"data.path={inp}/nodata"], "data.path: folder"),
+    ("data-train-dir-missing", lambda inp: _folder(inp, ["val/a"]), "data.train_dir: folder"),
+    ("data-no-class-folders", lambda inp: _folder(inp, ["train", "val"]), "data: '{inp}/data/train' has no class"),
+    ("space-dir-missing", lambda inp: [f"search.space_dir={inp}/nospaces"], "search.space_dir: folder"),
+    ("space-empty", lambda inp: _space(inp, "# nothing\n"), "search.space_dir: "),
+    ("space-lr-min-gt-max", lambda inp: _space(inp, "lr: {min: 1.0, max: 0.1, default: 0.5, target: training.lr}\n"),
+     "search.space_dir: bn.yaml: lr: min 1.0 > max 0.1"),
+    ("space-bad-yaml", lambda inp: _space(inp, "lr: {min: 1.0\n"), "search.space_dir: the space of scheme 'bn'"),
+    ("space-grid-without-lr", lambda inp: _space(
+        inp, "dropout: {min: 0.0, max: 0.5, default: 0.0, target: training.dropout}\n"),
+     "search.space_dir: the space of scheme 'bn' has no lr"),
+    ("metric-unknown", lambda inp: ["search.metric=accuracy"], "search.metric: 'accuracy'"),
+    ("metric-direction", lambda inp: ["search.metric=test_loss"], "search.mode_direction:"),
+]
+
+
+def _preflight_args(case, inp: Path) -> list[str]:
+    _, setup, _ = case
+    args = ["run", "--no-report"]
+    for item in TINY + setup(inp):
+        args += ["--set", item]
+    return args
+
+
+@pytest.mark.parametrize("case", PREFLIGHT_CASES, ids=[c[0] for c in PREFLIGHT_CASES])
+def test_preflight_refuses_before_writing(case, tmp_path, cwd, monkeypatch):
+    """Fast: the same checks against a faked 2-CPU cluster (the CLI path is the integration test below)."""
+    import ray
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    inp = tmp_path / "in"
+    inp.mkdir()
+    overrides = [a for a in _preflight_args(case, inp)[2:] if a != "--set"]
+    spec = resolve_paths(spec_mod.load(None, overrides))
+    started = time.monotonic()
+    with pytest.raises(SpecError) as info:
+        preflight(spec)
+    assert time.monotonic() - started < 5.0
+    msg = str(info.value)
+    assert "\n" not in msg
+    expect = case[2].replace("{inp}", str(inp))
+    assert msg.startswith(expect), f"{msg!r} does not start with {expect!r}"
+    assert written(cwd) == []
+    assert not (inp / "nope").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("case", PREFLIGHT_CASES, ids=[c[0] for c in PREFLIGHT_CASES])
+def test_preflight_error_through_the_cli(case, tmp_path, cwd, capsys, ray_cluster):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    started = time.monotonic()
+    rc = main(_preflight_args(case, inp))
+    seconds = time.monotonic() - started
+    out, err = capsys.readouterr()
+    assert rc == 2, (out, err)
+    _check_line(err, case[2], inp)
+    assert written(cwd) == []
+    assert not (inp / "nope").exists()
+    assert seconds < 10, f"refused only after {seconds:.1f} s"
+
+
+@pytest.mark.integration
+def test_unreachable_tracking_server_through_a_real_subprocess(tmp_path, ray_cluster):
+    """`normstudy run` at a closed port: exit 2, one line naming tracking.tracking_uri, nothing written, and
+    the refusal itself takes seconds (a plain connect), not MLflow's minutes of HTTP retries."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    port = closed_port()
+    args = ["run", "--no-report", "--set", f"tracking.tracking_uri=http://127.0.0.1:{port}"]
+    for item in TINY:
+        args += ["--set", item]
+    proc = cli_subprocess(args, cwd, ray_address=ray_cluster, timeout=180)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith(f"normstudy: tracking.tracking_uri: cannot reach http://127.0.0.1:{port}"), lines
+    assert written(cwd) == []
+
+
+@pytest.mark.integration
+def test_the_quick_default_still_passes_preflight(cwd, ray_cluster):
+    """No --spec: the bundled quick default is accepted, and preflight itself writes nothing."""
+    spec = resolve_paths(spec_mod.load(None))
+    preflight(spec)
+    assert written(cwd) == []
+
+
+def test_the_quick_default_passes_preflight_on_a_two_cpu_cluster(cwd, monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    preflight(resolve_paths(spec_mod.load(None)))
+    assert written(cwd) == []
