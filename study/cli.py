@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit = sub.add_parser("submit", help="print and run the `ray job submit` for a spec on a cluster")
     _spec_args(submit)
     submit.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://127.0.0.1:8265")
+    submit.add_argument("--working-dir", default=".",
+                        help="folder uploaded as the job's working dir (default: '.', the repository root); "
+                             ".gitignore and .rayignore apply")
     submit.add_argument("--no-wait", action="store_true", help="return once the job is submitted")
     submit.add_argument("--dry-run", action="store_true", help="only print the command")
     return parser
@@ -167,24 +171,82 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def submit_command(args: argparse.Namespace) -> list[str]:
-    """The `ray job submit` that runs this spec on a cluster. The entrypoint is ``python -m study.cli``
-    so it works from the uploaded working dir without installing the console script there."""
-    entry = ["python", "-m", "study.cli", "run"] + (["--spec", args.spec] if args.spec else [])
+    """The `ray job submit` that runs this spec on a cluster (the README's command).
+
+    The working dir (``--working-dir``, default ``.``: the repository root, less what .gitignore/.rayignore
+    exclude) is uploaded and the entrypoint is ``python -m study.cli run`` in it, so the job runs the
+    uploaded source with the cluster's ``python``, which needs the dependencies, not the package. A spec
+    inside the working dir is passed relative to it (it is read from the uploaded copy); one outside is
+    passed as an absolute path, which the head node must be able to read (true on a one-machine cluster).
+    """
+    entry = ["python", "-m", "study.cli", "run"]
+    if args.spec:
+        entry += ["--spec", _job_spec_path(args.spec, args.working_dir)]
     for item in args.overrides:
         entry += ["--set", item]
-    cmd = ["ray", "job", "submit", "--address", args.address, "--working-dir", "."]
+    cmd = ["ray", "job", "submit", "--address", args.address, "--working-dir", args.working_dir]
     if args.no_wait:
         cmd.append("--no-wait")
     return cmd + ["--"] + entry
 
 
+def _job_spec_path(spec: str, working_dir: str) -> str:
+    # abspath, not resolve(): specs/quick.yaml is a symlink into study/specs/ and must stay specs/quick.yaml.
+    path, root = os.path.abspath(spec), os.path.abspath(working_dir)
+    if os.path.commonpath([path, root]) == root:
+        return Path(os.path.relpath(path, root)).as_posix()
+    return path
+
+
+def _submit_auth_env() -> dict[str, str]:
+    """``RAY_AUTH_MODE=token`` when it is unset and a token is at hand: since Ray 2.59 `ray start --head`
+    turns token auth on by itself when ~/.ray/auth_token exists, but `ray job submit` sends the token only
+    with RAY_AUTH_MODE=token (DESIGN.md §11). A token sent to a cluster without auth is ignored."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return {}
+    token_file = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(token_file):
+        return {"RAY_AUTH_MODE": "token"}
+    return {}
+
+
+def _submit_notes(spec, args: argparse.Namespace) -> list[str]:
+    """What would quietly go wrong in the job: it runs in a temporary copy of the working dir."""
+    notes = []
+    uri = spec.tracking.tracking_uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        notes.append(f"tracking.tracking_uri '{uri}' is relative to the job's temporary working dir, where its "
+                     "runs would be lost: --set tracking.tracking_uri=http://MLFLOW_HOST:5000 (or sqlite:////abs.db)")
+    if not os.path.isabs(spec.tracking.storage_path):
+        notes.append(f"tracking.storage_path '{spec.tracking.storage_path}' is relative to the job's temporary "
+                     "working dir (--resume could not find it): --set tracking.storage_path=/abs/path")
+    if not os.path.isfile(os.path.join(args.working_dir, "study", "cli.py")):
+        notes.append(f"--working-dir '{args.working_dir}' holds no normstudy source (study/cli.py): the cluster's "
+                     "python must have normstudy installed; run from the repository root to ship this checkout")
+    if args.spec and os.path.isabs(_job_spec_path(args.spec, args.working_dir)):
+        notes.append(f"--spec '{args.spec}' is outside --working-dir '{args.working_dir}': the job reads it at "
+                     "that absolute path on the head node; put it inside the working dir to ship it")
+    return notes
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
-    _load(args)  # refuse a bad spec before anything is uploaded
-    cmd = submit_command(args)
+    spec = _load(args)  # refuse a bad spec before anything is uploaded
+    for note in _submit_notes(spec, args):
+        print(f"normstudy: note: {note}", file=sys.stderr)
+    cmd, auth = submit_command(args), _submit_auth_env()
+    if auth:
+        print("normstudy: note: running it with RAY_AUTH_MODE=token (a Ray auth token was found)", file=sys.stderr)
     print(shlex.join(cmd), flush=True)
     if args.dry_run:
         return 0
-    return subprocess.call(cmd, env=dict(os.environ))
+    # `ray` of this environment even when its bin/ is not on PATH (e.g. /path/to/venv/bin/normstudy submit).
+    here = Path(sys.executable).parent / "ray"
+    ray_exe = str(here) if here.is_file() else shutil.which("ray")
+    if ray_exe is None:
+        print("normstudy: `ray` not found on PATH; install ray[default] or activate the environment that has it",
+              file=sys.stderr)
+        return 127
+    return subprocess.call([ray_exe, *cmd[1:]], env={**os.environ, **auth})
 
 
 COMMANDS = {"run": cmd_run, "train": cmd_train, "schemes": cmd_schemes, "report": cmd_report, "submit": cmd_submit}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -19,7 +20,9 @@ def git_commit(path: str | Path | None = None) -> str:
         return "unknown"
 
 
+@functools.lru_cache(maxsize=1)
 def collect() -> dict[str, str]:
+    """Code, library and hardware versions (cached: trial actors are reused)."""
     import mlflow
     import optuna
     import ray

@@ -222,7 +222,8 @@ class OptunaSpace:
                 trial.suggest_int(name, int(d.min), int(d.max), log=d.scaling == "log")
             else:
                 trial.suggest_float(name, d.min, d.max, log=d.scaling == "log")
-        return {"seed": self.seed}
+        # Constants ride along in the trial's config; the trial tags its run with Optuna's number.
+        return {"seed": self.seed, "optuna_trial_number": trial.number}
 
 
 def _hp_of(config: dict[str, Any] | None) -> dict[str, Any]:

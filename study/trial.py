@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 import search_spaces
+from study import provenance
 from study import spec as spec_mod
 from study.spec import StudySpec
 from study.tracking import StudyTracker
@@ -47,11 +48,14 @@ def run_trial(config: dict[str, Any], *, study_spec: dict[str, Any], parent_runs
 
     hp = dict(config.get("point", config))
     scheme = hp.pop("scheme", scheme)
+    optuna_number = hp.pop("optuna_trial_number", None)
     spec = resolve_trial_spec(study_spec, scheme, hp)
     trial_id = ray.tune.get_context().get_trial_id()
     tracker = StudyTracker(spec.tracking.tracking_uri, spec.tracking.experiment)
     resuming = ray.tune.get_checkpoint() is not None
     run_id = _trial_run(tracker, spec, scheme, trial_id, parent_runs[scheme], hp, resuming)
+    if optuna_number is not None:
+        tracker.set_tags(run_id, {"optuna_trial_number": optuna_number})
     loop_config = {"spec": spec.to_dict(), "scheme": scheme, "tracking_uri": spec.tracking.tracking_uri,
                    "run_id": run_id}
     try:
@@ -70,7 +74,10 @@ def run_trial(config: dict[str, Any], *, study_spec: dict[str, Any], parent_runs
         tracker.set_tags(run_id, tags)
         tracker.finish(run_id)
     except BaseException as err:  # noqa: BLE001 - any stop (error, kill, ASHA) leaves the run closed
-        tracker.finish(run_id, "FAILED" if isinstance(err, Exception) else "KILLED", reason=repr(err))
+        if isinstance(err, Exception):
+            tracker.finish(run_id, "FAILED", reason=repr(err))
+        else:  # Tune ends a stopped trial's thread with SystemExit
+            tracker.finish(run_id, "KILLED", reason=f"stopped early by Tune (scheduler or shutdown): {err!r}")
         raise
 
 
@@ -86,6 +93,7 @@ def _trial_run(tracker: StudyTracker, spec: StudySpec, scheme: str, trial_id: st
     params = spec_mod.flatten(spec)
     params.update({f"hp.{k}": v for k, v in hp.items()})
     params["scheme"] = scheme
+    params.update(provenance.collect())
     tags = {"seed": spec.training.seed, "diverged": "0"}
     return tracker.trial_run(spec.tracking.study_name, scheme, trial_id, parent, params, tags)
 

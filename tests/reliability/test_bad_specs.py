@@ -171,9 +171,13 @@ PREFLIGHT_CASES = [
     ("space-lr-min-gt-max", lambda inp: _space(inp, "lr: {min: 1.0, max: 0.1, default: 0.5, target: training.lr}\n"),
      "search.space_dir: bn.yaml: lr: min 1.0 > max 0.1"),
     ("space-bad-yaml", lambda inp: _space(inp, "lr: {min: 1.0\n"), "search.space_dir: the space of scheme 'bn'"),
+    ("space-python-tag", lambda inp: _space(inp, 'lr: !!python/object/apply:os.system ["touch PWNED"]\n'),
+     "search.space_dir: the space of scheme 'bn' line 1 is not valid YAML"),
     ("space-grid-without-lr", lambda inp: _space(
         inp, "dropout: {min: 0.0, max: 0.5, default: 0.0, target: training.dropout}\n"),
      "search.space_dir: the space of scheme 'bn' has no lr"),
+    ("epochs-inf", lambda inp: ["training.epochs=.inf"], "training.epochs: must be a finite number"),
+    ("lr-inf", lambda inp: ["training.lr=.inf"], "training.lr: must be a finite number"),
     ("metric-unknown", lambda inp: ["search.metric=accuracy"], "search.metric: 'accuracy'"),
     ("metric-direction", lambda inp: ["search.metric=test_loss"], "search.mode_direction:"),
 ]
@@ -206,7 +210,7 @@ def test_preflight_refuses_before_writing(case, tmp_path, cwd, monkeypatch):
     expect = case[2].replace("{inp}", str(inp))
     assert msg.startswith(expect), f"{msg!r} does not start with {expect!r}"
     assert written(cwd) == []
-    assert not (inp / "nope").exists()
+    assert not (inp / "nope").exists() and not (inp / "spaces" / "PWNED").exists()
 
 
 @pytest.mark.integration

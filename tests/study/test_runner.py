@@ -56,6 +56,7 @@ def test_optuna_study_two_schemes_hierarchy_distinct_lrs_and_divergence(tmp_path
         assert t.data.tags["mlflow.parentRunId"] == scheme_ids[t.data.tags[SCHEME]]
         assert t.info.status == "FINISHED"
         assert "training.momentum" in t.data.params and "hp.lr" in t.data.params  # every spec value + samples
+        assert t.data.tags["optuna_trial_number"].isdigit() and "provenance.torch" in t.data.params
     assert "provenance.git_commit" in studies[0].data.params and "training.lr" in studies[0].data.params
 
     bn_lrs = {float(t.data.params["hp.lr"]) for t in trials if t.data.tags[SCHEME] == "bn"}
@@ -75,6 +76,21 @@ def test_optuna_study_two_schemes_hierarchy_distinct_lrs_and_divergence(tmp_path
     lines = [ln for ln in out.getvalue().splitlines() if ln.startswith("[")]
     assert len(lines) == 6  # one line per finished trial
     assert "wn" in summary_table(result)
+
+
+def test_asha_study_closes_every_trial_run(tmp_path, ray_cluster, monkeypatch):
+    """ASHA may stop trials early; none of their MLflow runs is left RUNNING."""
+    monkeypatch.chdir(tmp_path)
+    spec = spec_mod.load(None, TINY + ["schemes=[bn]", "search.mode=grid", "search.grid_lr=[0.001, 0.01, 0.1, 0.3]",
+                                       "search.seeds=[0]", "search.scheduler=asha", "training.max_steps=32",
+                                       "training.eval_every=8", "tracking.study_name=asha"])
+    result = run_study(spec, out=io.StringIO())
+    trials = _runs(result.tracking_uri, "asha", "trial")
+    assert len(trials) == 4
+    assert all(t.info.status in ("FINISHED", "KILLED") for t in trials)
+    for t in trials:
+        if t.info.status == "KILLED":
+            assert "stopped early" in t.data.tags["normstudy.failure_reason"]
 
 
 def test_grid_points_cover_lr_init_scale_and_seeds_only_where_they_apply():

@@ -337,9 +337,10 @@ def test_only_rank0_logs(mlflow_run):
 # integration: Ray Train DDP, the CLI
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray for the session: reuse one another module started; else start (and stop) our own."""
+    """One local Ray for the test session (DESIGN.md §11): reuse one already started; else start ours (2 CPUs)
+    and stop it at the end. test_session.py imports this fixture."""
     import ray
 
     if ray.is_initialized():
@@ -456,4 +457,7 @@ def test_cli_train_two_workers(ray_local, tmp_path):
     assert run.data.tags["normstudy.role"] == "train" and run.data.tags["normstudy.scheme"] == "wn"
     assert run.data.params["training.lr"] == "3.2" and run.data.params["scaling.num_workers"] == "2"
     assert run.data.metrics["diverged"] == float(diverged)
+    assert run.data.tags["diverged"] == str(float(diverged))  # from the TorchTrainer result's metrics
+    if diverged:
+        assert run.data.tags["divergence_cause"] in CAUSES
     assert len(client.get_metric_history(run_id, "loss")) >= 1
