@@ -6,12 +6,13 @@ duplicates. docs/mlflow_layout.md is the contract with ``analysis/``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Param, RunTag
+from mlflow.entities import Metric, Param, RunTag
 
 from trainers.run_logger import with_retries
 
@@ -64,6 +65,9 @@ class StudyTracker:
             self.log_params(run_id, params)
         return run_id
 
+    def find_trial_run(self, study: str, trial_id: str) -> Any | None:
+        return self._find({ROLE: "trial", STUDY: study, TRIAL: trial_id})
+
     def trial_run(self, study: str, scheme: str, trial_id: str, parent: str, params: Mapping[str, str],
                   tags: Mapping[str, str]) -> str:
         """One run per Tune trial id. A restarted trial gets a fresh run: the old one, if any, is deleted
@@ -90,9 +94,7 @@ class StudyTracker:
             with_retries(lambda: self.client.log_batch(run_id, tags=chunk))
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
-        import time
 
-        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]

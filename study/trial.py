@@ -83,10 +83,8 @@ def run_trial(config: dict[str, Any], *, study_spec: dict[str, Any], parent_runs
 
 def _trial_run(tracker: StudyTracker, spec: StudySpec, scheme: str, trial_id: str, parent: str,
                hp: dict[str, Any], resuming: bool) -> str:
-    from study.tracking import ROLE, STUDY, TRIAL
-
     if resuming:  # a restored trial keeps its run and history
-        found = tracker._find({ROLE: "trial", STUDY: spec.tracking.study_name, TRIAL: trial_id})
+        found = tracker.find_trial_run(spec.tracking.study_name, trial_id)
         if found is not None:
             tracker.client.update_run(found.info.run_id, status="RUNNING")
             return found.info.run_id

@@ -31,10 +31,17 @@ class MlflowRunLogger:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.run_id = run_id
         self._buffer: list[Any] = []
+        # A trial restored from a checkpoint replays the steps between that checkpoint and the crash;
+        # those steps are already in the run (same values: the replay is deterministic), so they are not
+        # written twice and the run keeps one continuous history.
+        history = with_retries(lambda: self.client.get_metric_history(run_id, "loss"))
+        self.logged_upto = max((m.step for m in history), default=0)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
+        if step <= self.logged_upto:
+            return
         now = int(time.time() * 1000)
         for key, value in metrics.items():
             value = float(value)
