@@ -263,7 +263,11 @@ def load(path: str | os.PathLike[str] | None = None, overrides: Iterable[str] = 
     if not path.is_file():
         raise SpecError(f"--spec: file '{path}' not found; give the path of a YAML spec")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not UTF-8 text (byte {err.start}); save the spec as UTF-8 YAML") from None
+    except RecursionError:
+        raise SpecError(f"{path}: nested too deeply to parse; flatten the YAML") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -277,19 +281,24 @@ def load(path: str | os.PathLike[str] | None = None, overrides: Iterable[str] = 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
     """Apply one ``section.field=value`` override (value parsed as YAML) to a raw spec mapping."""
+    shown = item.encode("unicode_escape").decode("ascii")  # the message stays one line
     if "=" not in item:
-        raise SpecError(f"--set {item}: expected section.field=value, e.g. training.lr=0.3")
+        raise SpecError(f"--set {shown}: expected section.field=value, e.g. training.lr=0.3")
     key, _, text = item.partition("=")
+    key_shown = key.encode("unicode_escape").decode("ascii")
     parts = key.strip().split(".")
     try:
         value = yaml.safe_load(text)
+    except RecursionError:
+        raise SpecError(f"--set {key_shown}: value nested too deeply to parse") from None
     except yaml.YAMLError:
-        raise SpecError(f"--set {key}: value '{text}' is not valid YAML") from None
+        raise SpecError(f"--set {key_shown}: value '{text.encode('unicode_escape').decode('ascii')}' "
+                        "is not valid YAML") from None
     node = raw
     for p in parts[:-1]:
         nxt = node.setdefault(p, {})
         if not isinstance(nxt, dict):
-            raise SpecError(f"--set {key}: '{p}' is not a section")
+            raise SpecError(f"--set {key_shown}: '{p}' is not a section")
         node = nxt
     node[parts[-1]] = value
 

@@ -2,9 +2,9 @@
 hold, ``study.spec.load`` returns a StudySpec or raises SpecError with one line, never anything else.
 
 Documents are built three ways: YAML-ish token soup (keys of real fields, values, flow lists/maps,
-anchors, tags, bad indentation), random mutations of the bundled quick.yaml, and arbitrary text. Two
-inputs the loader does *not* survive today are pinned as strict xfails with the fix in
-docs/reliability.md (non-UTF-8 bytes, nesting deeper than Python's recursion limit).
+anchors, tags, bad indentation), random mutations of the bundled quick.yaml, and arbitrary text, plus
+the inputs this fuzz once broke the loader with: non-UTF-8 bytes, a line break inside ``--set``, and
+nesting deeper than Python's recursion limit.
 """
 
 from __future__ import annotations
@@ -108,26 +108,17 @@ def test_apply_override_on_any_mapping_raises_only_spec_error(raw, items):
         assert "\n" not in str(err)
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError,
-                   reason="study/spec.py reads the spec with read_text() and lets UnicodeDecodeError out; "
-                          "fix proposed in docs/reliability.md")
 @settings(max_examples=50, deadline=None)
 @given(blob=st.binary(min_size=1, max_size=64))
 def test_load_of_any_bytes_raises_only_spec_error(blob):
     _load_text(b"\xff" + blob)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="study/spec.py's apply_override puts the raw --set text in its message; a line break "
-                          "in it gives a two-line error; fix proposed in docs/reliability.md")
 @pytest.mark.parametrize("item", ["training.lr\n", "training.lr=[\n"])
 def test_a_line_break_in_set_still_gives_one_line(item):
     _load_text("", [item])
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError,
-                   reason="PyYAML recurses per nesting level; study/spec.py does not turn RecursionError into "
-                          "SpecError; fix proposed in docs/reliability.md")
 @pytest.mark.parametrize("where", ["file", "set"])
 def test_absurdly_deep_nesting_is_a_spec_error(where):
     deep = "[" * 5000
