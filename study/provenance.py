@@ -10,6 +10,10 @@ from pathlib import Path
 
 
 def git_commit(path: str | Path | None = None) -> str:
+    """HEAD (``-dirty`` with uncommitted changes); under `ray job submit` the upload has no .git, so
+    NORMSTUDY_GIT_COMMIT, when set by the submitter, is used instead."""
+    if os.environ.get("NORMSTUDY_GIT_COMMIT"):
+        return os.environ["NORMSTUDY_GIT_COMMIT"]
     root = Path(path or Path(__file__).resolve().parent.parent)
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)

@@ -11,6 +11,7 @@ that setup applies; each default names its source. Unknown keys and bad values r
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -147,7 +148,8 @@ class ScalingSpec(_Section):
 
 class TrackingSpec(_Section):
     # MLflow on SQLite in the working directory by default; an http(s):// mlflow server on a cluster.
-    tracking_uri: str = "sqlite:///mlruns.db"
+    # MLflow's own MLFLOW_TRACKING_URI replaces this default when the spec leaves the field out.
+    tracking_uri: str = Field(default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlruns.db")
     experiment: str = "normstudy"
     study_name: str = "study"
     storage_path: str = "normstudy_results"  # Ray Tune experiment storage (for --resume)
@@ -274,9 +276,29 @@ def load(path: str | os.PathLike[str] | None = None, overrides: Iterable[str] = 
         raise SpecError(f"{path}:{where} is not valid YAML; fix its syntax") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: the top level must be a mapping of sections (model:, training:, ...)")
+    raw = expand_env(raw, str(path))
     for item in overrides:
         apply_override(raw, item)
     return from_dict(raw)
+
+
+_ENV_REF = re.compile(r"\$\{(\w+)\}")
+
+
+def expand_env(node: Any, where: str = "spec") -> Any:
+    """``${VAR}`` in a spec file's string values becomes the variable's value (data paths, tracking URIs
+    differ per cluster); an unset variable is a one-line SpecError."""
+    if isinstance(node, dict):
+        return {k: expand_env(v, where) for k, v in node.items()}
+    if isinstance(node, list):
+        return [expand_env(v, where) for v in node]
+    if isinstance(node, str):
+        for name in _ENV_REF.findall(node):
+            if name not in os.environ:
+                raise SpecError(f"{where}: environment variable {name} (in {node!r}) is not set; export it "
+                                "or give the value with --set")
+        return _ENV_REF.sub(lambda m: os.environ[m.group(1)], node)
+    return node
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

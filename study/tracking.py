@@ -55,15 +55,23 @@ class StudyTracker:
 
     def study_run(self, study: str, params: Mapping[str, str]) -> str:
         run_id, new = self._get_or_create(study, {ROLE: "study", STUDY: study}, None)
-        if new:
-            self.log_params(run_id, params)
+        self._log_missing_params(run_id, params, new)
         return run_id
 
     def scheme_run(self, study: str, scheme: str, parent: str, params: Mapping[str, str]) -> str:
         run_id, new = self._get_or_create(f"{study}/{scheme}", {ROLE: "scheme", STUDY: study, SCHEME: scheme}, parent)
-        if new:
-            self.log_params(run_id, params)
+        self._log_missing_params(run_id, params, new)
         return run_id
+
+    def _log_missing_params(self, run_id: str, params: Mapping[str, str], new: bool) -> None:
+        """A new run gets every param; a run found again (``--resume``) the ones it lacks: a driver killed
+        between creating a run and writing its params must not leave it without them for good. Params it
+        has are left as they are (MLflow refuses to change a param)."""
+        if not new:
+            have = with_retries(lambda: self.client.get_run(run_id)).data.params
+            params = {k: v for k, v in params.items() if k not in have}
+        if params:
+            self.log_params(run_id, params)
 
     def find_trial_run(self, study: str, trial_id: str) -> Any | None:
         return self._find({ROLE: "trial", STUDY: study, TRIAL: trial_id})

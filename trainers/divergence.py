@@ -67,8 +67,8 @@ Cost (resnet_cifar, 16 px, batch 64, one CPU thread, detailed every 10th step): 
 step: one ``_foreach_norm`` over the gradients and one ``stack``. Detailed steps: a weight snapshot (one
 extra copy of the parameters, kept allocated between detailed steps), three ``_foreach_norm`` and a few
 reductions per hooked activation. The hooks are registered in ``start_step`` and removed in
-``end_step``; under ``torch.compile`` that changes the modules' hook dicts and may cost recompiles
-(untested).
+``end_step``; compiled code skips hooks added after compilation, so with ``training.compile`` the loop
+runs detailed steps on the uncompiled model.
 """
 
 from __future__ import annotations

@@ -66,9 +66,12 @@ def train_loop_per_worker(config: dict[str, Any], session: Session | None = None
     data = build_data(spec.data, batch_size=per_worker_batch, rank=rank, world_size=world, seed=t.seed,
                       device=device)
     scheme = norms.create(scheme_entry.name, **scheme_entry.options)
-    torch.manual_seed(t.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
-    model = build_model(spec.model.arch, scheme, data.num_classes, dropout=t.dropout,
-                        cifar_width=spec.model.cifar_width, cifar_blocks=spec.model.cifar_blocks).to(device)
+    # Identical initial weights on every rank (DDP also broadcasts rank 0's), drawn from a forked RNG so
+    # the per-rank seed above still drives what follows (dropout masks differ between ranks).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(t.seed)
+        model = build_model(spec.model.arch, scheme, data.num_classes, dropout=t.dropout,
+                            cifar_width=spec.model.cifar_width, cifar_blocks=spec.model.cifar_blocks).to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     steps_per_epoch = data.steps_per_epoch
@@ -95,6 +98,7 @@ def train_loop_per_worker(config: dict[str, Any], session: Session | None = None
     if world > 1 and dist.is_available() and dist.is_initialized():
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                     else None)
+    eager = model  # DDP or the module, uncompiled: detailed steps run it (see the forward below)
     if t.compile:
         model = torch.compile(model)
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
@@ -124,7 +128,10 @@ def train_loop_per_worker(config: dict[str, Any], session: Session | None = None
         detailed = step % t.report_every == 0
         monitor.start_step(step, detailed)
         with amp:
-            loss = criterion(model(x), y)
+            # Compiled code skips forward hooks added after compilation (torch._dynamo.config.
+            # skip_nnmodule_hook_guards) and the monitor arms its activation hooks on detailed steps only:
+            # those steps run eagerly, so training.compile keeps the activation statistics.
+            loss = criterion((eager if detailed and monitor.enabled else model)(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         monitor.record(loss)

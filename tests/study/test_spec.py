@@ -366,3 +366,21 @@ def test_from_dict_raises_only_spec_error(raw):
         assert ": " in msg, f"names no field: {msg!r}"
     else:
         assert isinstance(result, StudySpec)
+
+
+def test_env_references_in_a_spec_file_expand_and_an_unset_one_is_a_one_line_error(tmp_path, monkeypatch):
+    path = tmp_path / "s.yaml"
+    path.write_text("data: {kind: folder, path: '${NS_TEST_DATA}/imagenet'}\n")
+    monkeypatch.setenv("NS_TEST_DATA", "/datasets")
+    assert spec.load(path).data.path == "/datasets/imagenet"
+    monkeypatch.delenv("NS_TEST_DATA")
+    with pytest.raises(SpecError, match=r"environment variable NS_TEST_DATA .* is not set") as err:
+        spec.load(path)
+    assert "\n" not in str(err.value)
+
+
+def test_mlflow_tracking_uri_env_replaces_only_the_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert spec.from_dict({}).tracking.tracking_uri == "http://127.0.0.1:5999"
+    given = spec.from_dict({"tracking": {"tracking_uri": "sqlite:///x.db"}})
+    assert given.tracking.tracking_uri == "sqlite:///x.db"

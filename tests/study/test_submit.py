@@ -223,9 +223,9 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float, ok=(
     pytest.fail(f"{url} did not answer in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
-def _kill_tree(proc: subprocess.Popen, marker: str | None = None) -> None:
+def _kill_tree(proc: subprocess.Popen, marker: str | None = None, grace: float = 5.0) -> None:
     """Terminate ``proc``, its descendants and (``marker``) any process whose command line contains it,
-    then kill what is left after 15 s. Only processes this test started are touched."""
+    then kill what is left after ``grace`` seconds. Only processes this test started are touched."""
     import psutil
 
     procs: dict[int, psutil.Process] = {}
@@ -244,7 +244,7 @@ def _kill_tree(proc: subprocess.Popen, marker: str | None = None) -> None:
             p.send_signal(signal.SIGTERM)
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(list(procs.values()), timeout=15)
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=grace)
     for p in alive:
         try:
             p.kill()
@@ -267,14 +267,8 @@ def _dashboard_ready() -> bool:
     return True
 
 
-@pytest.fixture
-def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
-    """A throwaway Ray head on loopback with its own ports, temp dir and auth token; yields
-    (dashboard address, the environment a client needs)."""
-    if not _dashboard_ready():
-        pytest.skip("ray job submit needs the Ray dashboard: pip install 'ray[default]==2.60.0'")
-    # A short temp dir: Ray's unix socket paths must stay under 107 characters.
-    tmp = tempfile.mkdtemp(prefix="nsray-")
+def _start_head(tmp: str) -> tuple[subprocess.Popen, str, dict[str, str], Path]:
+    """``ray start --head --block`` on loopback with its own ports, temp dir and auth token."""
     ports = {k: _free_port() for k in ("port", "dashboard-port", "ray-client-server-port", "node-manager-port",
                                        "object-manager-port", "metrics-export-port", "dashboard-agent-listen-port",
                                        "dashboard-agent-grpc-port", "runtime-env-agent-port")}
@@ -284,7 +278,9 @@ def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
            # the job's `python -m study.cli` must be this environment's python, as on a cluster whose
            # head was started from the activated environment
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "RAY_USAGE_STATS_ENABLED": "0"}
+           "RAY_USAGE_STATS_ENABLED": "0",
+           # keep every address on loopback: Ray otherwise swaps 127.0.0.1 for the host's interface address
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env.pop("RAY_ADDRESS", None)
     log = Path(tmp) / "head.log"
     cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
@@ -293,45 +289,56 @@ def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
     with open(log, "w") as fh:
         head = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
-    try:
-        address = f"http://127.0.0.1:{ports['dashboard-port']}"
-        # the job API answers 401 without the token once the head is up
-        _wait_http(f"{address}/api/version", head, log, timeout=120, ok=(200, 401))
-        yield address, env
-    finally:
-        _kill_tree(head, marker=tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
+    return head, f"http://127.0.0.1:{ports['dashboard-port']}", env, log
+
+
+def _start_mlflow(tmp: Path) -> tuple[subprocess.Popen, str, Path]:
+    port = _free_port()
+    log = tmp / "mlflow.log"
+    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp}/m.db",
+           "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]
+    with open(log, "w") as fh:
+        server = subprocess.Popen(cmd, cwd=tmp, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  start_new_session=True)
+    return server, f"http://127.0.0.1:{port}", log
 
 
 @pytest.fixture
-def mlflow_server(tmp_path) -> Iterator[str]:
-    port = _free_port()
-    log = tmp_path / "mlflow.log"
-    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path}/m.db",
-           "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]
-    with open(log, "w") as fh:
-        server = subprocess.Popen(cmd, cwd=tmp_path, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  start_new_session=True)
+def cluster(tmp_path) -> Iterator[tuple[str, dict[str, str], str]]:
+    """A throwaway Ray head and an mlflow server, started side by side; yields (dashboard address, the
+    environment a client needs, the MLflow tracking URI)."""
+    if not _dashboard_ready():
+        pytest.skip("ray job submit needs the Ray dashboard: pip install 'ray[default]==2.60.0'")
+    ray_tmp = tempfile.mkdtemp(prefix="nsray-")  # short: Ray's unix socket paths must stay < 107 characters
+    head = server = None
     try:
-        uri = f"http://127.0.0.1:{port}"
-        _wait_http(f"{uri}/health", server, log, timeout=90)
-        yield uri
+        head, address, env, head_log = _start_head(ray_tmp)
+        server, uri, server_log = _start_mlflow(tmp_path)
+        _wait_http(f"{uri}/health", server, server_log, timeout=120)
+        # the job API answers 401 without the token once the head is up
+        _wait_http(f"{address}/api/version", head, head_log, timeout=120, ok=(200, 401))
+        yield address, env, uri
     finally:
-        _kill_tree(server)
+        if head is not None:
+            _kill_tree(head, marker=ray_tmp)
+        if server is not None:
+            _kill_tree(server)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.mark.integration
-def test_submit_runs_the_study_as_a_ray_job_and_logs_to_the_mlflow_server(ray_head, mlflow_server, tmp_path):
+def test_submit_runs_the_study_as_a_ray_job_and_logs_to_the_mlflow_server(cluster, tmp_path):
     from mlflow import MlflowClient
 
-    address, env = ray_head
+    address, env, mlflow_server = cluster
     spec_file = tmp_path / "quick_submit.yaml"
     raw = yaml.safe_load((ROOT / "study" / "specs" / "quick.yaml").read_text())
     raw["tracking"].update(experiment="submit_it", study_name="submit_it")
     spec_file.write_text(yaml.safe_dump(raw))
     storage = tmp_path / "results"
-    argv = [str(BIN / "normstudy"), "submit", "--address", address, "--spec", str(spec_file),
+    exe = [str(BIN / "normstudy")] if (BIN / "normstudy").is_file() else [sys.executable, "-m", "study.cli"]
+    argv = [*exe, "submit", "--address", address, "--spec", str(spec_file),
             "--set", f"tracking.tracking_uri={mlflow_server}", "--set", f"tracking.storage_path={storage}",
             "--set", "schemes=[bn, wn]", "--set", "search.grid_lr=[0.03, 0.3]", "--set", "search.grid_init_scale=[1.0]",
             "--set", "search.seeds=[0]", "--set", "training.max_steps=12", "--set", "training.batch_size=32",

@@ -1,0 +1,335 @@
+"""The GPU options' logic, on CPU: loader choice, bf16 autocast, channels_last, torch.compile, use_gpu.
+
+What runs here is the same code the GPU path runs, with the device swapped for the CPU where that is
+possible (autocast, channels_last, DALI's CPU backend) and with a spy where it is not worth the time
+(torch.compile's wiring). The last section runs only where CUDA is available (the device machine).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import trainers.data as data_mod
+import trainers.loop as loop
+from study import cli
+from study.spec import StudySpec, load
+from tests.trainers.data.imagefolder import folder_spec, jpeg_folder  # noqa: F401  (session fixture)
+from trainers.data import build_data, dali_available, resolve_loader
+from trainers.session import LocalSession
+
+TINY = ["training.max_steps=4", "training.report_every=1", "training.eval_every=4", "data.train_size=256",
+        "data.test_size=64", "data.train_eval_size=64", "training.batch_size=32", "training.lr=0.03"]
+CPU = torch.device("cpu")
+needs_dali = pytest.mark.skipif(not dali_available(), reason="nvidia.dali is not installed")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the device machine)")
+
+
+@pytest.fixture(autouse=True)
+def one_thread_and_private_tmp(tmp_path, monkeypatch):
+    """1 torch thread on the shared 2-core machine; the loop's checkpoint temp dirs land in tmp_path."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(*overrides: str) -> StudySpec:
+    return load(None, [*TINY, *overrides])
+
+
+def train(spec: StudySpec, scheme: str = "bn", device: torch.device = CPU) -> tuple[dict[str, Any], LocalSession]:
+    session = LocalSession(device=device)
+    summary = loop.train_loop_per_worker({"spec": spec.to_dict(), "scheme": scheme, "session": "local"},
+                                         session=session)
+    return summary, session
+
+
+def losses(session: LocalSession) -> list[float]:
+    """The training loss of every step (report_every=1: one report a step, the last replaced by the summary)."""
+    return [r["loss"] for r in session.reports[:-1]]
+
+
+class ForwardSpy:
+    """Wraps ``loop.build_model``: records, for every forward of the model's stem conv and of its classifier,
+    the input memory format, the output dtype and whether the model was in training mode."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.calls: list[dict[str, Any]] = []
+        real = loop.build_model
+
+        def build(*a, **k):
+            model = real(*a, **k)
+            stem, head = model.conv1, model.fc  # every scheme's ResNet names them so (its own classes)
+
+            def conv_hook(mod, inp, out):
+                self.calls.append({"where": "conv", "training": model.training, "dtype": out.dtype,
+                                   "channels_last": inp[0].is_contiguous(memory_format=torch.channels_last)
+                                   and not inp[0].is_contiguous()})
+
+            def head_hook(mod, inp, out):
+                self.calls.append({"where": "head", "training": model.training, "dtype": out.dtype})
+
+            stem.register_forward_hook(conv_hook)
+            head.register_forward_hook(head_hook)
+            return model
+
+        monkeypatch.setattr(loop, "build_model", build)
+
+    def of(self, where: str, training: bool) -> list[dict[str, Any]]:
+        return [c for c in self.calls if c["where"] == where and c["training"] == training]
+
+
+# --------------------------------------------------------------------------------------------------
+# loader choice: data.loader auto | torchvision | dali
+
+
+def test_auto_picks_torchvision_without_cuda(monkeypatch):
+    assert resolve_loader("auto", cuda_available=False) == "torchvision"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_loader("auto") == "torchvision"  # the loop's default: asks torch
+
+
+def test_auto_picks_dali_with_cuda_only_when_dali_imports(monkeypatch):
+    monkeypatch.setattr(data_mod, "dali_available", lambda: True)
+    assert resolve_loader("auto", cuda_available=True) == "dali"
+    monkeypatch.setattr(data_mod, "dali_available", lambda: False)
+    assert resolve_loader("auto", cuda_available=True) == "torchvision"  # never a DALI it cannot import
+
+
+def test_explicit_choices_pass_through_and_dali_without_dali_says_how_to_install(monkeypatch):
+    assert resolve_loader("torchvision", cuda_available=True) == "torchvision"
+    monkeypatch.setattr(data_mod, "dali_available", lambda: False)
+    with pytest.raises(ImportError, match="pip install nvidia-dali-cuda130") as err:
+        resolve_loader("dali", cuda_available=False)
+    assert "\n" not in str(err.value) and "data.loader: torchvision" in str(err.value)
+
+
+def test_folder_with_auto_loader_on_a_cpu_device_reads_with_torchvision(jpeg_folder):  # noqa: F811
+    bundle = build_data(folder_spec(jpeg_folder[0], "auto"), batch_size=4, device=CPU)
+    assert bundle.description.startswith("folder (torchvision)")
+
+
+@needs_dali
+def test_dali_requested_without_cuda_runs_on_dalis_cpu_backend(jpeg_folder):  # noqa: F811
+    """No error and no silent switch to torchvision: the same pipeline graph with CPU decoding."""
+    bundle = build_data(folder_spec(jpeg_folder[0], "dali"), batch_size=4, device=CPU)
+    assert "dali, cpu decoding" in bundle.description
+    x, y = next(bundle.train.epoch_iter(0))
+    assert x.device.type == "cpu" and x.dtype == torch.float32 and x.shape == (4, 3, 16, 16)
+    assert y.dtype == torch.int64 and y.shape == (4,)  # DALI's int32 [N, 1] labels reshaped
+
+
+@needs_dali
+def test_the_loop_trains_and_evaluates_on_dali_cpu_batches(jpeg_folder, monkeypatch):  # noqa: F811
+    root = jpeg_folder[0]
+    spec = tiny("data.kind=folder", f"data.path={root}", "data.loader=dali", "data.image_size=16",
+                "data.eval_resize=20", "data.loader_workers=1", "data.train_eval_size=8", "training.batch_size=4",
+                "training.max_steps=3", "training.eval_every=3", "training.channels_last=true")
+    summary, session = train(spec)
+    assert summary["diverged"] == 0.0 and summary["steps_done"] == 3.0
+    assert all(map(math.isfinite, losses(session)))
+    assert 0.0 <= summary["final_test_top1"] <= 1.0  # evaluation went through the DALI eval pipelines
+
+
+# --------------------------------------------------------------------------------------------------
+# training.amp: bf16
+
+
+def test_bf16_autocast_reaches_training_and_evaluation_forwards(monkeypatch):
+    spy = ForwardSpy(monkeypatch)
+    summary, session = train(tiny("training.amp=bf16"))
+    assert summary["diverged"] == 0.0 and all(map(math.isfinite, losses(session)))
+    assert {c["dtype"] for c in spy.of("head", training=True)} == {torch.bfloat16}
+    assert {c["dtype"] for c in spy.of("head", training=False)} == {torch.bfloat16}  # evaluate() under amp too
+    assert 0.0 <= summary["final_test_top1"] <= 1.0 and math.isfinite(summary["final_train_top1"])
+    assert summary["steps_done"] == 4.0
+
+
+def test_amp_off_is_float32_everywhere(monkeypatch):
+    spy = ForwardSpy(monkeypatch)
+    train(tiny())
+    assert {c["dtype"] for c in spy.calls} == {torch.float32}
+
+
+def test_bf16_loss_tracks_float32_loss():
+    _, fp32 = train(tiny())
+    _, bf16 = train(tiny("training.amp=bf16"))
+    # bf16 keeps ~3 significant digits; the first step's loss (same weights, same batch) agrees to ~1%
+    assert losses(bf16)[0] == pytest.approx(losses(fp32)[0], rel=2e-2)
+
+
+# --------------------------------------------------------------------------------------------------
+# training.channels_last
+
+
+@pytest.mark.parametrize("scheme", ["bn", "wn"])
+def test_channels_last_runs_in_nhwc_and_gives_the_same_losses(scheme, monkeypatch):
+    spy = ForwardSpy(monkeypatch)
+    _, nchw = train(tiny("training.max_steps=2", "training.eval_every=2"), scheme)
+    n_calls = len(spy.calls)
+    assert not any(c["channels_last"] for c in spy.calls if c["where"] == "conv")
+    _, nhwc = train(tiny("training.max_steps=2", "training.eval_every=2", "training.channels_last=true"), scheme)
+    convs = [c for c in spy.calls[n_calls:] if c["where"] == "conv"]
+    assert convs and all(c["channels_last"] for c in convs)  # training and evaluation batches alike
+    # same weights, same batches, a different memory layout: the same losses up to float rounding,
+    # at the first step and after an update
+    assert losses(nhwc) == pytest.approx(losses(nchw), rel=1e-4, abs=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# training.compile (unit test of the wiring: a spy stands in for torch.compile)
+
+
+class CompileSpy:
+    def __init__(self) -> None:
+        self.compiled: list[nn.Module] = []
+        self.forwards = 0
+
+    def __call__(self, model: nn.Module, *args, **kwargs):
+        self.compiled.append(model)
+        spy = self
+
+        class Compiled(nn.Module):  # what torch.compile returns: a module whose forward runs the model
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = model
+
+            def forward(self, x):
+                spy.forwards += 1
+                return self.inner(x)
+
+        return Compiled()
+
+
+@pytest.mark.parametrize("monitor, compiled_steps", [("true", 2), ("false", 4)])
+def test_compile_option_wraps_the_training_forward_with_torch_compile(monitor, compiled_steps, monkeypatch):
+    spy = CompileSpy()
+    monkeypatch.setattr(torch, "compile", spy)
+    summary, _ = train(tiny("training.compile=true", "training.report_every=2", f"divergence.monitor={monitor}"))
+    assert summary["diverged"] == 0.0 and summary["steps_done"] == 4.0
+    (model,) = spy.compiled  # compiled once, the unwrapped model (one worker: no DDP)
+    assert isinstance(model, nn.Module) and not isinstance(model, nn.parallel.DistributedDataParallel)
+    # steps 1 and 3 run compiled; the detailed steps 2 and 4 run eagerly while the monitor hooks activations
+    assert spy.forwards == compiled_steps
+
+
+def test_compile_off_never_calls_torch_compile(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("torch.compile called"))
+    train(tiny("training.max_steps=1", "training.eval_every=1"))
+
+
+def test_compiled_training_still_gets_the_monitors_activation_statistics(monkeypatch):
+    """Compiled code skips forward hooks added after compilation (torch._dynamo.config.skip_nnmodule_hook_guards),
+    and the DivergenceMonitor arms its activation hooks on detailed steps only: the loop runs those steps
+    eagerly. Real dynamo tracing here (backend='eager': no inductor code generation, seconds not minutes)."""
+    import functools
+
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    spec = tiny("training.compile=true", "training.max_steps=6", "training.report_every=3", "training.eval_every=6")
+    summary, session = train(spec)
+    assert summary["diverged"] == 0.0
+    detailed = session.reports[0]  # step 3: a detailed step
+    assert detailed["step"] == 3
+    stats = [k for k in detailed if k.startswith(("act_mean/", "act_std/", "dead_frac/"))]
+    assert stats and all(math.isfinite(detailed[k]) for k in stats), sorted(detailed)
+    torch._dynamo.reset()
+
+
+@pytest.mark.integration
+def test_compile_really_compiles_on_cpu_and_trains_like_eager():
+    """torch.compile (inductor, C++ codegen with gcc) on the small model: minutes on 2 slow cores."""
+    spec = ["training.max_steps=6", "training.eval_every=6", "training.report_every=3", "divergence.monitor=false"]
+    t0 = time.perf_counter()
+    compiled_summary, compiled = train(tiny(*spec, "training.compile=true"))
+    eager_summary, eager = train(tiny(*spec))
+    assert compiled_summary["diverged"] == 0.0, time.perf_counter() - t0
+    assert compiled_summary["final_train_top1"] == pytest.approx(eager_summary["final_train_top1"], abs=0.05)
+    assert [r["loss"] for r in compiled.reports[:-1]] == pytest.approx([r["loss"] for r in eager.reports[:-1]],
+                                                                      rel=1e-3)
+
+
+# --------------------------------------------------------------------------------------------------
+# scaling.use_gpu on a machine without GPUs: refused before anything is written
+
+
+no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a GPU")
+
+
+@no_gpu
+@pytest.mark.parametrize("command", [["run"], ["train", "--scheme", "bn"]])
+def test_use_gpu_without_gpus_is_one_line_exit_2_and_writes_nothing(command, ray_cluster, tmp_path, monkeypatch,
+                                                                     capsys):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert cli.main([*command, "--set", "scaling.use_gpu=true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert err.startswith("normstudy: scaling.use_gpu: ") and "the cluster has 0 GPUs" in err
+    assert list(cwd.iterdir()) == []  # no mlruns.db, no normstudy_results, no report
+
+
+@no_gpu
+@pytest.mark.integration
+def test_normstudy_run_use_gpu_without_gpus_through_the_entry_point(tmp_path):
+    exe = Path(sys.executable).parent / "normstudy"
+    argv = [str(exe)] if exe.is_file() else [sys.executable, "-m", "study.cli"]
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, as a user's would
+    done = subprocess.run([*argv, "run", "--set", "scaling.use_gpu=true"], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("normstudy: scaling.use_gpu: "), done.stderr
+    assert not (cwd / "mlruns.db").exists() and not (cwd / "normstudy_results").exists()
+    assert list(cwd.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# on a CUDA GPU (the device machine): the same options for real
+
+
+@needs_cuda
+def test_cuda_bf16_channels_last_loop_runs():
+    dev = torch.device("cuda", torch.cuda.current_device())
+    summary, session = train(tiny("training.amp=bf16", "training.channels_last=true"), "bn", dev)
+    assert summary["diverged"] == 0.0 and all(map(math.isfinite, losses(session)))
+
+
+@needs_cuda
+@needs_dali
+def test_cuda_dali_mixed_decoding_yields_cuda_batches(jpeg_folder):  # noqa: F811
+    dev = torch.device("cuda", torch.cuda.current_device())
+    bundle = build_data(folder_spec(jpeg_folder[0], "auto"), batch_size=4, device=dev)
+    assert "dali, mixed decoding" in bundle.description  # auto → DALI on a GPU
+    x, y = next(bundle.train.epoch_iter(0))
+    assert x.is_cuda and y.is_cuda and y.dtype == torch.int64
+
+
+@needs_cuda
+@needs_dali
+def test_cuda_loop_on_dali_bf16_channels_last(jpeg_folder):  # noqa: F811
+    dev = torch.device("cuda", torch.cuda.current_device())
+    root = jpeg_folder[0]
+    spec = tiny("data.kind=folder", f"data.path={root}", "data.loader=dali", "data.image_size=16",
+                "data.eval_resize=20", "data.loader_workers=2", "data.train_eval_size=8", "training.batch_size=4",
+                "training.max_steps=3", "training.eval_every=3", "training.amp=bf16", "training.channels_last=true")
+    summary, _ = train(spec, "bn", dev)
+    assert summary["diverged"] == 0.0 and 0.0 <= summary["final_test_top1"] <= 1.0
