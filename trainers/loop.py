@@ -184,7 +184,7 @@ def train_loop_per_worker(config: dict[str, Any], session: Session | None = None
         last_eval = evaluate(module, data, device, criterion, t.channels_last, amp)
     summary.update(_summary(last_eval, divergence, step, step_times, spec))
     logger.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)}, max(step, 1))
-    logger.flush()
+    logger.close()  # every curve point is in the store before the trial reports its end
     if rank == 0:
         if final_ckpt is None:  # diverged, max_steps 0, or resumed from the final checkpoint
             final_ckpt = (tempfile.mkdtemp(prefix="normstudy-ckpt-") if divergence is not None

@@ -21,6 +21,9 @@ class NullLogger:
     def flush(self) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
 
 class MlflowRunLogger:
     """Buffers metrics for one existing MLflow run and writes them in batches."""
@@ -31,6 +34,7 @@ class MlflowRunLogger:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.run_id = run_id
         self._buffer: list[Any] = []
+        self._pending: list[Any] = []
         # A trial restored from a checkpoint replays the steps between that checkpoint and the crash;
         # those steps are already in the run (same values: the replay is deterministic), so they are not
         # written twice and the run keeps one continuous history.
@@ -50,9 +54,21 @@ class MlflowRunLogger:
             self._buffer.append(Metric(key, value, now, step))
 
     def flush(self) -> None:
+        """Hand the buffered metrics to MLflow's async queue: training does not wait for the write
+        (synchronous log_batch costs ~6% of a small CPU trial's time). ``close`` waits for them."""
         while self._buffer:
             chunk, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
-            with_retries(lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk))
+            op = with_retries(lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk,
+                                                                        synchronous=False))
+            if op is not None:
+                self._pending.append(op)
+
+    def close(self) -> None:
+        """Flush and wait until every queued write has reached the store (raises if one failed)."""
+        self.flush()
+        pending, self._pending = self._pending, []
+        for op in pending:
+            op.wait()
 
 
 def with_retries(fn, attempts: int = 8, delay: float = 0.2):

@@ -5,7 +5,8 @@ Unit-ish tests run ``train_loop_per_worker`` in this process with a :class:`Loca
 divergence as a result, exact resume, no per-step host-device sync, MLflow curves.
 
 Integration tests (``-m integration``) run it where it runs in a study: 2-worker gloo DDP under Ray
-Train's ``TorchTrainer``, and the ``normstudy train`` command in a subprocess.
+Train's ``TorchTrainer``, and the ``normstudy train`` command in a subprocess, both on the test session's
+one local Ray (``ray_cluster`` in tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,9 @@ class ListLogger:
             self.history[key].append((step, float(value)))
 
     def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
     def values(self, key: str) -> list[float]:
@@ -147,6 +150,28 @@ def test_max_steps_zero_sets_up_and_stops():
     assert summary["steps_done"] == 0.0 and summary["diverged"] == 0.0
     assert session.reports == [summary]
     assert [load_state(c)["step"] for c in session.checkpoints] == [0]
+
+
+def test_ranks_start_from_the_same_weights_but_draw_their_own_dropout_masks(monkeypatch):
+    """Initial weights come from ``training.seed`` on every rank; the RNG the steps then use (dropout) is
+    seeded per rank (seed + rank), so DDP ranks do not share their dropout masks."""
+    seen: dict[int, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
+    rank = 0
+    original = loop.DivergenceMonitor.start_step
+
+    def spy(self, step, detailed):
+        if step == 1:
+            seen[rank] = (torch.get_rng_state(), {k: v.clone() for k, v in self.model.state_dict().items()})
+        return original(self, step, detailed)
+
+    monkeypatch.setattr(loop.DivergenceMonitor, "start_step", spy)
+    spec = tiny("training.dropout=0.3")
+    for rank in (0, 1):  # noqa: B007 - read by spy
+        train(spec, "bn", LocalSession(world_rank=rank, world_size=2), max_steps=1)
+    (rng0, w0), (rng1, w1) = seen[0], seen[1]
+    for name, w in w0.items():
+        torch.testing.assert_close(w1[name], w, rtol=0, atol=0, msg=name)
+    assert not torch.equal(rng0, rng1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -337,24 +362,6 @@ def test_only_rank0_logs(mlflow_run):
 # integration: Ray Train DDP, the CLI
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray for the test session (DESIGN.md §11): reuse one already started; else start ours (2 CPUs)
-    and stop it at the end. test_session.py imports this fixture."""
-    import ray
-
-    if ray.is_initialized():
-        yield ray
-        return
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [
-                 str(ROOT), os.environ.get("PYTHONPATH")]))}})
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
 def ddp_worker(config: dict[str, Any]) -> None:
     """``train_loop_per_worker`` plus a weight check: the loop's monitor is handed the unwrapped model, so
     a subclass keeps it; after training every rank compares its parameters with the others' (all-reduce
@@ -389,13 +396,12 @@ def ddp_worker(config: dict[str, Any]) -> None:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("scheme", ["bn", "wn"])
-def test_ddp_two_workers_learn_and_stay_in_sync(scheme, ray_local, mlflow_run, tmp_path):
+def test_ddp_two_workers_learn_and_stay_in_sync(scheme, ray_cluster, mlflow_run, tmp_path):
     import ray.train
     from ray.train.torch import TorchTrainer
 
     uri, client, run_id = mlflow_run
     spec = tiny("training.max_steps=30", "training.report_every=5", f"training.lr={SANE_LR[scheme]}")
-    started = time.perf_counter()
     result = TorchTrainer(
         ddp_worker,
         train_loop_config={"spec": spec.to_dict(), "scheme": scheme, "session": "train", "tracking_uri": uri,
@@ -404,7 +410,6 @@ def test_ddp_two_workers_learn_and_stay_in_sync(scheme, ray_local, mlflow_run, t
         run_config=ray.train.RunConfig(storage_path=str(tmp_path / "ray"), name=f"ddp-{scheme}",
                                        failure_config=ray.train.FailureConfig(max_failures=0)),
     ).fit()
-    seconds = time.perf_counter() - started
     m = result.metrics
     assert m["world_size"] == 2 and m["diverged"] == 0.0 and m["steps_done"] == 30.0
     assert m["weights_spread"] <= 1e-6, m["weights_spread"]  # DDP: every rank holds the same weights
@@ -417,18 +422,17 @@ def test_ddp_two_workers_learn_and_stay_in_sync(scheme, ray_local, mlflow_run, t
     test_loss = [v for _, v in history(client, run_id, "test_loss")]  # summed over both ranks' shards
     assert len(test_loss) == 3 and test_loss[-1] < test_loss[0] - 0.05, test_loss
     # the loop's summary came back through Ray Train with the final checkpoint
-    (final, summary), = [(c, m) for c, m in result.best_checkpoints
-                         if "steps_done" in m and "weights_spread" not in m]
+    ((final, summary),) = [(ckpt, metrics) for ckpt, metrics in result.best_checkpoints
+                           if "steps_done" in metrics and "weights_spread" not in metrics]
     assert summary["final_test_top1"] == m["final_test_top1"]
     with final.as_directory() as d:
         assert load_state(d)["step"] == 30
         assert json.loads((Path(d) / SUMMARY_FILE).read_text()) == summary
-    print(f"ddp {scheme}: {seconds:.1f} s")
 
 
 @pytest.mark.integration
-def test_cli_train_two_workers(ray_local, tmp_path):
-    """``normstudy train`` in a subprocess with 2 DDP workers; it joins this session's Ray (RAY_ADDRESS)
+def test_cli_train_two_workers(ray_cluster, tmp_path):
+    """``normstudy train`` in a subprocess with 2 DDP workers; it joins the test session's Ray (RAY_ADDRESS)
     instead of starting a second Ray on the host (DESIGN.md §11: one Ray per test session)."""
     from mlflow import MlflowClient
 
@@ -437,7 +441,7 @@ def test_cli_train_two_workers(ray_local, tmp_path):
     cmd += ["train", "--scheme", "wn", "--set", "training.lr=3.2", "--set", "training.max_steps=20",
             "--set", "training.eval_every=10", "--set", "data.train_size=512", "--set", "data.test_size=256",
             "--set", "data.train_eval_size=128", "--set", "scaling.num_workers=2"]
-    env = dict(os.environ, RAY_ADDRESS=ray_local.get_runtime_context().gcs_address,
+    env = dict(os.environ, RAY_ADDRESS=ray_cluster,
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import torch
 
-from tests.trainers.test_loop import ray_local  # noqa: F401  (the session's one local Ray)
 from trainers.loop import CHECKPOINT_FILE, SUMMARY_FILE, train_loop_per_worker
 from trainers.session import LocalSession, RayTrainSession, TuneSession, create_session
 
@@ -139,7 +138,7 @@ def check_resumed(log: Path, summary: dict[str, Any], ckpt_dir: str, uninterrupt
 
 
 @pytest.mark.integration
-def test_ray_train_worker_failure_resumes_from_the_checkpoint(ray_local, tmp_path, uninterrupted):  # noqa: F811
+def test_ray_train_worker_failure_resumes_from_the_checkpoint(ray_cluster, tmp_path, uninterrupted):
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -158,7 +157,7 @@ def test_ray_train_worker_failure_resumes_from_the_checkpoint(ray_local, tmp_pat
 
 
 @pytest.mark.integration
-def test_tune_trial_failure_resumes_from_the_checkpoint(ray_local, tmp_path, uninterrupted):  # noqa: F811
+def test_tune_trial_failure_resumes_from_the_checkpoint(ray_cluster, tmp_path, uninterrupted):
     from ray import tune
 
     spec = uninterrupted[0]
