@@ -51,6 +51,11 @@ def resolve_paths(spec: StudySpec, base: str | Path | None = None) -> StudySpec:
     raw = spec.to_dict()
     raw["tracking"]["tracking_uri"] = resolve_uri(spec.tracking.tracking_uri, base)
     raw["tracking"]["storage_path"] = str((Path(base or Path.cwd()) / spec.tracking.storage_path).resolve())
+    # Tune trials run in their own working directories: relative data and space paths would break there.
+    if spec.data.path:
+        raw["data"]["path"] = str((Path(base or Path.cwd()) / spec.data.path).resolve())
+    if spec.search.space_dir:
+        raw["search"]["space_dir"] = str((Path(base or Path.cwd()) / spec.search.space_dir).resolve())
     return StudySpec.model_validate(raw)
 
 
@@ -93,13 +98,14 @@ def run_study(spec: StudySpec, *, resume: bool = False, fresh: bool = False, out
     spec = resolve_paths(spec)
     study = spec.tracking.study_name
     root = Path(spec.tracking.storage_path) / study
-    if root.exists() and not resume:
-        if not fresh:
-            raise SpecError(f"tracking.study_name: study '{study}' already exists in {root.parent}; pass --resume to "
-                            f"continue it, --fresh to replace it, or --set tracking.study_name=NEW")
-        _delete_study(spec, root)
+    replace = root.exists() and not resume
+    if replace and not fresh:
+        raise SpecError(f"tracking.study_name: study '{study}' already exists in {root.parent}; pass --resume to "
+                        f"continue it, --fresh to replace it, or --set tracking.study_name=NEW")
     init_ray(spec)
     preflight(spec)  # everything that can be refused is refused before anything is written
+    if replace:  # --fresh: the old study goes only once the new one has passed the preflight
+        _delete_study(spec, root)
     tracker = StudyTracker(spec.tracking.tracking_uri, spec.tracking.experiment)
     params = spec_mod.flatten(spec)
     params.update(provenance.collect())

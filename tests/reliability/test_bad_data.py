@@ -222,9 +222,6 @@ def _truncate_one(root: Path) -> Path:
     return bad
 
 
-@pytest.mark.xfail(strict=True, reason="trainers/data/folder_torchvision.py decodes with default_loader, whose "
-                                       "error does not name the file; one-line fix (use folder.open_image) "
-                                       "proposed in docs/reliability.md")
 def test_torchvision_decode_failure_names_the_file(tmp_path):
     root = make_folder(tmp_path / "d")
     bad = _truncate_one(root)
@@ -236,9 +233,6 @@ def test_torchvision_decode_failure_names_the_file(tmp_path):
 
 
 @pytest.mark.skipif(not dali_available(), reason="no DALI")
-@pytest.mark.xfail(strict=True, reason="trainers/data/folder_dali.py lets DALI's 'nvImageCodec failure' out "
-                                       "without the file; fix (folder.first_undecodable) proposed in "
-                                       "docs/reliability.md")
 def test_dali_decode_failure_names_the_file(tmp_path):
     root = make_folder(tmp_path / "d")
     bad = _truncate_one(root)

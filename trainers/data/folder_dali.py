@@ -44,7 +44,14 @@ from trainers.data.base import (
     train_eval_subset,
     train_shard,
 )
-from trainers.data.folder import IMAGENET_MEAN, IMAGENET_STD, FolderSplits, describe, scan_folder
+from trainers.data.folder import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    FolderSplits,
+    describe,
+    first_undecodable,
+    scan_folder,
+)
 
 READER_NAME = "Reader"
 MEAN_255 = [255.0 * m for m in IMAGENET_MEAN]
@@ -177,9 +184,20 @@ class DaliTrain:
         if not plan.files:
             return
         iterator = iterate(plan)
+        done = 0
         try:
-            for out in iterator:
-                yield to_batch(out)
+            try:
+                for out in iterator:
+                    yield to_batch(out)
+                    done += 1
+            except RuntimeError as err:
+                # DALI says only "nvImageCodec failure": find the file among the batches in flight.
+                window = plan.files[done * plan.batch_size:(done + 4) * plan.batch_size]
+                bad = first_undecodable(window)
+                if bad is None:
+                    raise
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ValueError(f"data: cannot decode '{bad}' (DALI: {reason}); remove or replace the file") from err
         finally:
             del iterator  # free the pipeline's (GPU) buffers before the next epoch builds its own
 

@@ -19,7 +19,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
-from torchvision.datasets.folder import default_loader
 
 from study.spec import DataSpec
 from trainers.data.base import (
@@ -32,7 +31,7 @@ from trainers.data.base import (
     train_eval_subset,
     train_shard,
 )
-from trainers.data.folder import IMAGENET_MEAN, IMAGENET_STD, FolderSplits, describe, scan_folder
+from trainers.data.folder import IMAGENET_MEAN, IMAGENET_STD, FolderSplits, describe, open_image, scan_folder
 
 
 def train_transform(image_size: int) -> Callable[[Any], Tensor]:
@@ -71,7 +70,7 @@ class FileDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, int]:
         index, sample_seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
-        image = default_loader(path)
+        image = open_image(path)  # names the file when it fails to decode
         if sample_seed is None:
             return self.transform(image), label
         with torch.random.fork_rng(devices=[]):
