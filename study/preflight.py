@@ -4,6 +4,7 @@ Each failure is a :class:`SpecError` with one line naming the field and the fix.
 called by ``run_study`` and ``normstudy train`` after Ray is initialized and before the first MLflow
 write. The checks, cheapest first (docs/reliability.md lists the faults each one covers):
 
+- every number is finite (YAML's ``.inf``/``.nan`` pass pydantic's ``gt=0`` bounds);
 - ``tracking``: the store can be reached and written — a SQLite file's folder exists and is writable
   (MLflow would create it silently), the file, if any, is a SQLite database; an ``http(s)://`` server
   answers a TCP connect and ``GET /health`` within a few seconds; a file store (``./mlruns``, which
@@ -11,8 +12,9 @@ write. The checks, cheapest first (docs/reliability.md lists the faults each one
   folder names; ``storage_path`` and ``report_dir`` can be created.
 - ``search``: every scheme's search space loads (no empty file, no ``min > max``); a grid study's space
   has the dimensions its grid writes (``lr``, and ``init_scale`` where the scheme has one); an Optuna
-  study's space has at least one dimension; ``search.metric`` is a metric the loop reports, optimised
-  in a sensible direction.
+  study's space has at least one dimension; ``search.space_dir`` and ``data.path`` are absolute (trials
+  run in their own working directories, where a relative path is missing); ``search.metric`` is a
+  metric the loop reports, optimised in a sensible direction.
 - ``training``/``data``: the global batch splits evenly over the workers, every rank gets at least one
   full batch an epoch; a ``folder`` data path exists with ``train_dir``/``val_dir`` holding the same
   non-empty class folders, and every image file starts like an image (``scan_folder(verify=True)``:
@@ -205,6 +207,7 @@ def check_search(spec: StudySpec) -> None:
     if EVAL_METRICS[s.metric] != s.mode_direction:
         raise SpecError(f"search.mode_direction: {s.metric} should be {EVAL_METRICS[s.metric]}imized, not "
                         f"{s.mode_direction}imized; set search.mode_direction: {EVAL_METRICS[s.metric]}")
+    _check_absolute("search.space_dir", s.space_dir)
     if s.space_dir is not None and not Path(s.space_dir).is_dir():
         raise SpecError(f"search.space_dir: folder '{s.space_dir}' not found; give a folder of <family>.yaml "
                         "search spaces or remove the key to use the bundled ones")
@@ -231,6 +234,14 @@ def check_search(spec: StudySpec) -> None:
         elif not space:
             raise SpecError(f"search.space_dir: the space of scheme '{entry.name}' has no dimension to search; "
                             "add one, e.g. lr: {min: 0.01, max: 1, scaling: log, default: 0.1, target: training.lr}")
+
+
+def _check_absolute(field: str, path: str | None) -> None:
+    """Tune trials (and Train workers) run in their own working directories: a relative path that exists
+    here is missing there, and every trial would fail on it."""
+    if path and not Path(path).expanduser().is_absolute():
+        raise SpecError(f"{field}: '{path}' is a relative path, but trials run in their own working directories; "
+                        f"give an absolute path, e.g. {Path(path).expanduser().absolute()}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,6 +274,7 @@ def check_data(spec: StudySpec) -> None:
         return
     from trainers.data.folder import scan_folder
 
+    _check_absolute("data.path", spec.data.path)
     try:
         splits = scan_folder(spec.data, verify=True)
     except (OSError, ValueError) as err:

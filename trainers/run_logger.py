@@ -37,19 +37,25 @@ class MlflowRunLogger:
         self._pending: list[Any] = []
         # A trial restored from a checkpoint replays the steps between that checkpoint and the crash;
         # those steps are already in the run (same values: the replay is deterministic), so they are not
-        # written twice and the run keeps one continuous history.
+        # written twice and the run keeps one continuous history. Per (metric, step), not "up to the
+        # last step": the queued writes run on MLflow's thread pool, so a kill can leave step k missing
+        # and k+1 written — the replay must fill k (and a summary the kill cut off must still land).
         history = with_retries(lambda: self.client.get_metric_history(run_id, "loss"))
         self.logged_upto = max((m.step for m in history), default=0)
+        self._logged: set[tuple[str, int]] = set()
+        if history:  # a restored trial (one query per metric, once)
+            keys = with_retries(lambda: self.client.get_run(run_id)).data.metrics
+            for key in keys:
+                past = with_retries(lambda key=key: self.client.get_metric_history(run_id, key))
+                self._logged.update((key, m.step) for m in past)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
-        if step <= self.logged_upto:
-            return
         now = int(time.time() * 1000)
         for key, value in metrics.items():
             value = float(value)
-            if math.isnan(value):  # MLflow stores NaN, but charts and comparisons choke on it
+            if math.isnan(value) or (key, step) in self._logged:  # NaN: charts and comparisons choke on it
                 continue
             self._buffer.append(Metric(key, value, now, step))
 
@@ -61,14 +67,19 @@ class MlflowRunLogger:
             op = with_retries(lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk,
                                                                         synchronous=False))
             if op is not None:
-                self._pending.append(op)
+                self._pending.append((op, chunk))
 
     def close(self) -> None:
         """Flush and wait until every queued write has reached the store (raises if one failed)."""
         self.flush()
         pending, self._pending = self._pending, []
-        for op in pending:
-            op.wait()
+        for op, chunk in pending:
+            try:
+                op.wait()
+            except Exception:  # noqa: BLE001 - MLflow's writer threads do not retry ('database is locked')
+                # Written again, synchronously, with the retries: MLflow drops exact duplicates (same key,
+                # step, value and timestamp), so a chunk that did land is not doubled.
+                with_retries(lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk))
 
 
 def with_retries(fn, attempts: int = 8, delay: float = 0.2):

@@ -166,6 +166,10 @@ PREFLIGHT_CASES = [
     ("data-path-missing", lambda inp: ["data.kind=folder", f"data.path={inp}/nodata"], "data.path: folder"),
     ("data-train-dir-missing", lambda inp: _folder(inp, ["val/a"]), "data.train_dir: folder"),
     ("data-no-class-folders", lambda inp: _folder(inp, ["train", "val"]), "data: '{inp}/data/train' has no class"),
+    # relative paths are made absolute against the working directory (runner.resolve_paths), then checked
+    ("space-dir-relative-missing", lambda inp: ["search.space_dir=spaces"], "search.space_dir: folder '{cwd}/spaces'"),
+    ("data-path-relative-missing", lambda inp: ["data.kind=folder", "data.path=data"],
+     "data.path: folder '{cwd}/data'"),
     ("space-dir-missing", lambda inp: [f"search.space_dir={inp}/nospaces"], "search.space_dir: folder"),
     ("space-empty", lambda inp: _space(inp, "# nothing\n"), "search.space_dir: "),
     ("space-lr-min-gt-max", lambda inp: _space(inp, "lr: {min: 1.0, max: 0.1, default: 0.5, target: training.lr}\n"),
@@ -207,7 +211,7 @@ def test_preflight_refuses_before_writing(case, tmp_path, cwd, monkeypatch):
     assert time.monotonic() - started < 5.0
     msg = str(info.value)
     assert "\n" not in msg
-    expect = case[2].replace("{inp}", str(inp))
+    expect = case[2].replace("{inp}", str(inp)).replace("{cwd}", str(cwd))
     assert msg.startswith(expect), f"{msg!r} does not start with {expect!r}"
     assert written(cwd) == []
     assert not (inp / "nope").exists() and not (inp / "spaces" / "PWNED").exists()
@@ -223,7 +227,7 @@ def test_preflight_error_through_the_cli(case, tmp_path, cwd, capsys, ray_cluste
     seconds = time.monotonic() - started
     out, err = capsys.readouterr()
     assert rc == 2, (out, err)
-    _check_line(err, case[2], inp)
+    _check_line(err, case[2].replace("{cwd}", str(cwd)), inp)
     assert written(cwd) == []
     assert not (inp / "nope").exists()
     assert seconds < 10, f"refused only after {seconds:.1f} s"
@@ -260,3 +264,36 @@ def test_the_quick_default_passes_preflight_on_a_two_cpu_cluster(cwd, monkeypatc
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     preflight(resolve_paths(spec_mod.load(None)))
     assert written(cwd) == []
+
+
+def test_preflight_refuses_relative_paths_it_is_handed_unresolved(tmp_path, cwd, monkeypatch):
+    """A caller that skips runner.resolve_paths: trials run in their own working directories, so a relative
+    data path or space folder that exists here would be missing there — refused, with the absolute path."""
+    import ray
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    (cwd / "spaces").mkdir()
+    (cwd / "spaces" / "bn.yaml").write_text("lr: {min: 0.01, max: 1.0, default: 0.1, target: training.lr}\n")
+    spec = spec_mod.load(None, TINY + ["schemes=[bn]", "search.space_dir=spaces"])
+    with pytest.raises(SpecError, match=rf"^search.space_dir: 'spaces' is a relative path.*e.g. {cwd}/spaces$"):
+        preflight(spec)
+    preflight(resolve_paths(spec))  # resolved, it is fine
+
+
+@pytest.mark.integration
+def test_a_relative_space_dir_works_in_the_trials(tmp_path, ray_cluster, monkeypatch):
+    """The fault behind the check above, end to end: a relative search.space_dir that passes the preflight
+    in the driver's directory must also be found by the Tune trials (which run elsewhere)."""
+    import io
+
+    from study.runner import run_study
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "spaces").mkdir()
+    (tmp_path / "spaces" / "bn.yaml").write_text("lr: {min: 0.01, max: 0.3, scaling: log, default: 0.1, "
+                                                  "target: training.lr}\n")
+    spec = spec_mod.load(None, TINY + ["schemes=[bn]", "search.mode=optuna", "search.num_samples=1",
+                                       "search.space_dir=spaces", "tracking.study_name=relspace"])
+    result = run_study(spec, out=io.StringIO())
+    assert [o.error for o in result.outcomes] == [None]
+    assert "final_test_top1" in result.outcomes[0].metrics
