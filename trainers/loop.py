@@ -169,7 +169,10 @@ def train_loop_per_worker(config: dict[str, Any], session: Session | None = None
                 if step % ckpt_every == 0 or step == total_steps:
                     ckpt_dir = _save_checkpoint(step, module, optimizer, monitor, rank)
             metrics.setdefault("objective", last_eval.get(spec.search.metric, _penalty(spec)))
-            logger.flush()
+            if ckpt_dir:
+                logger.close()  # the curve up to a checkpoint is in the store before the checkpoint exists
+            else:
+                logger.flush()
             if divergence is None and step < total_steps:
                 session.report(metrics, checkpoint_dir=ckpt_dir)
             if ckpt_dir and step < total_steps:

@@ -154,9 +154,6 @@ LOCAL = ["training.max_steps=20", "training.report_every=2", "training.eval_ever
          "data.train_size=512", "data.test_size=256", "data.train_eval_size=128"]
 
 
-@pytest.mark.xfail(strict=True, reason="trainers/loop.py reports a checkpoint while the curve up to it may still be "
-                                       "queued (MLflow async writes); one-line fix (logger.close() before a "
-                                       "checkpoint report) proposed in docs/reliability.md")
 def test_trial_killed_right_after_a_checkpoint_has_its_curve_up_to_it_and_resumes_whole(tmp_path):
     """SIGKILL the trial process the moment its step-10 checkpoint is reported: MLflow must already hold
     every step up to 10 (a resume replays only what comes after the checkpoint, so anything up to it that
