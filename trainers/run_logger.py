@@ -41,7 +41,6 @@ class MlflowRunLogger:
         # last step": the queued writes run on MLflow's thread pool, so a kill can leave step k missing
         # and k+1 written — the replay must fill k (and a summary the kill cut off must still land).
         history = with_retries(lambda: self.client.get_metric_history(run_id, "loss"))
-        self.logged_upto = max((m.step for m in history), default=0)
         self._logged: set[tuple[str, int]] = set()
         if history:  # a restored trial (one query per metric, once)
             keys = with_retries(lambda: self.client.get_run(run_id)).data.metrics

@@ -11,7 +11,6 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,15 +35,8 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 @pytest.fixture(autouse=True)
-def one_thread_and_private_tmp(tmp_path, monkeypatch):
-    """1 torch thread on the shared 2-core machine; the loop's checkpoint temp dirs land in tmp_path."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread_and_private_tmp):
+    """Every test here: 1 torch thread and private checkpoint temp dirs (tests/trainers/conftest.py)."""
 
 
 def tiny(*overrides: str) -> StudySpec:

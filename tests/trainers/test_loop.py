@@ -77,16 +77,8 @@ class ListLogger:
 
 
 @pytest.fixture(autouse=True)
-def one_thread_and_private_tmp(tmp_path, monkeypatch):
-    """1 torch thread (fast and deterministic on the shared 2-core machine); the loop's and LocalSession's
-    checkpoint temp dirs land in tmp_path, so nothing leaks into /tmp."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread_and_private_tmp):
+    """Every test here: 1 torch thread and private checkpoint temp dirs (tests/trainers/conftest.py)."""
 
 
 @pytest.fixture
