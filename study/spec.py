@@ -114,7 +114,8 @@ class TrainingSpec(_Section):
 class SearchSpec(_Section):
     # grid: every (lr x init_scale) point x seeds — the stability map needs a full grid.
     # optuna: TPE over the scheme family's space in search_spaces/, the same budget per scheme.
-    mode: Literal["grid", "optuna"] = "optuna"
+    # boundary: per (scheme, init scale), bracket then bisect log lr for the largest stable rate.
+    mode: Literal["grid", "optuna", "boundary"] = "optuna"
     num_samples: int = Field(16, gt=0)  # optuna: trials per scheme
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     grid_lr: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0], min_length=1)
@@ -126,8 +127,13 @@ class SearchSpec(_Section):
     max_concurrent_trials: int | None = Field(None, gt=0)  # None = from the resources
     metric: str = "test_top1"
     mode_direction: Literal["max", "min"] = "max"
+    # boundary mode: the starting bracket [low, high] on lr (widened until low is stable and high
+    # diverges), the stop rule (diverged/stable lr within this factor) and a cap on lr points per init scale.
+    boundary_lr: list[float] = Field(default_factory=lambda: [0.01, 1.0], min_length=2, max_length=2)
+    boundary_tolerance: float = Field(2**0.5, gt=1)
+    boundary_max_points: int = Field(12, ge=2)
 
-    @field_validator("grid_lr", "grid_init_scale")
+    @field_validator("grid_lr", "grid_init_scale", "boundary_lr")
     @classmethod
     def _positive(cls, v: list[float]) -> list[float]:
         if any(x <= 0 for x in v):
@@ -143,6 +149,10 @@ class ScalingSpec(_Section):
     # 'always' forces a Ray Train TorchTrainer for every trial.
     torch_trainer: Literal["auto", "always"] = "auto"
     max_failures: int = Field(1, ge=0)  # worker-group restarts from the last checkpoint
+    # Ray placement of a trial's DDP workers: STRICT_SPREAD puts each worker on its own node.
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    # Extra (custom) Ray resources each worker needs, e.g. {"trainer_node": 1} to pin workers to nodes.
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
     ray_address: str | None = None  # None: the job's cluster, or a local Ray
 
 

@@ -104,12 +104,13 @@ def _run_torch_trainer(spec: StudySpec, loop_config: dict[str, Any], trial_id: s
     from trainers.loop import train_loop_per_worker
 
     s = spec.scaling
-    resources = {"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}
+    resources = {"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {}), **s.resources_per_worker}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=dict(loop_config, session="train"),
         scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=resources,
+                                               placement_strategy=s.placement_strategy),
         run_config=ray.train.RunConfig(
             name=f"trial-{trial_id}",  # stable: a restored trial resumes from its own checkpoints
             storage_path=os.path.abspath(spec.tracking.storage_path),
