@@ -113,6 +113,8 @@ class TensorTrain:
     def epoch_iter(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         idx = train_shard(len(self.y), batch_size=self.batch_size, rank=self.rank, world_size=self.world_size,
                           seed=self.seed, epoch=epoch)
+        if self.x.is_cuda:  # one asynchronous copy an epoch, not a blocking host-to-device copy every batch
+            idx = idx.pin_memory().to(self.x.device, non_blocking=True)
         for b in range(max(0, start), self.steps_per_epoch):
             sel = idx[b * self.batch_size:(b + 1) * self.batch_size]
             yield self.x[sel], self.y[sel]
@@ -122,7 +124,7 @@ class TensorEval:
     """A re-iterable evaluation split over in-memory tensors; the last batch may be partial, never empty."""
 
     def __init__(self, x: Tensor, y: Tensor, indices: Tensor, batch_size: int) -> None:
-        self.x, self.y, self.indices, self.batch_size = x, y, indices, batch_size
+        self.x, self.y, self.indices, self.batch_size = x, y, indices.to(x.device), batch_size
 
     def __iter__(self) -> Iterator[Batch]:
         for sel in self.indices.split(self.batch_size):
@@ -132,9 +134,14 @@ class TensorEval:
         return -(-len(self.indices) // self.batch_size)
 
 
-def build_generated(data: DataSpec, *, batch_size: int, rank: int, world_size: int, seed: int) -> DataBundle:
+def build_generated(data: DataSpec, *, batch_size: int, rank: int, world_size: int, seed: int,
+                    device: torch.device | None = None) -> DataBundle:
+    """The generated set for one rank. ``device``: where the tensors live (default: CPU, where they are made);
+    on a GPU the whole set is copied there once and batches are cut on the device, no loader in the way."""
     x_tr, y_tr, x_te, y_te = generate(data.num_classes, data.train_size, data.test_size, data.image_size,
                                       float(data.noise), data.data_seed)
+    if device is not None:
+        x_tr, y_tr, x_te, y_te = (t.to(device) for t in (x_tr, y_tr, x_te, y_te))
     train = TensorTrain(x_tr, y_tr, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed)
     check_steps(train.steps_per_epoch, len(y_tr), batch_size, world_size, "data.train_size")
     subset = train_eval_subset(len(y_tr), data.train_eval_size, data.data_seed)
