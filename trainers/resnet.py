@@ -29,6 +29,7 @@ class BasicBlock(nn.Module):
         self.bn2 = scheme.norm(planes)
         self.downsample = _downsample(scheme, inplanes, planes, stride)
         self.act2 = scheme.act(planes)
+        self.residual_gain = scheme.residual_gain()
 
     @property
     def last_norm(self) -> nn.Module:
@@ -38,7 +39,7 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.act1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.act2(out + identity)
+        return self.act2(_merge(out, identity, self.residual_gain))
 
 
 class Bottleneck(nn.Module):
@@ -57,6 +58,7 @@ class Bottleneck(nn.Module):
         self.bn3 = scheme.norm(planes * self.expansion)
         self.downsample = _downsample(scheme, inplanes, planes * self.expansion, stride)
         self.act3 = scheme.act(planes * self.expansion)
+        self.residual_gain = scheme.residual_gain()
 
     @property
     def last_norm(self) -> nn.Module:
@@ -67,7 +69,13 @@ class Bottleneck(nn.Module):
         out = self.act1(self.bn1(self.conv1(x)))
         out = self.act2(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.act3(out + identity)
+        return self.act3(_merge(out, identity, self.residual_gain))
+
+
+def _merge(branch: torch.Tensor, identity: torch.Tensor, gain: float) -> torch.Tensor:
+    """The residual sum, times the scheme's gain (1 for every scheme but NormProp's 1/√2)."""
+    out = branch + identity
+    return out if gain == 1.0 else out * gain
 
 
 def _downsample(scheme: NormScheme, inplanes: int, outplanes: int, stride: int) -> nn.Module | None:
@@ -87,7 +95,7 @@ class ResNet(nn.Module):
         self.inplanes = widths[0]
         if stem == "imagenet":
             self.conv1 = scheme.conv(3, self.inplanes, 7, 2, 3)
-            self.maxpool: nn.Module = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+            self.maxpool: nn.Module = scheme.stem_pool()
         else:
             self.conv1 = scheme.conv(3, self.inplanes, 3, 1, 1)
             self.maxpool = nn.Identity()

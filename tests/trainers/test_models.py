@@ -11,7 +11,7 @@ from trainers import norms
 from trainers.models import ARCHS, build_model
 from trainers.norms.normprop import NormPropConv2d, NormPropReLU
 from trainers.norms.wn import WeightNormConv2d, WeightNormLinear
-from trainers.norms.wn_trelu import TranslatedReLU
+from trainers.norms.wn_trelu import StrictWeightNormConv2d, TranslatedReLU
 
 NON_BN = ("wn", "normprop", "wn_trelu")
 
@@ -79,7 +79,9 @@ def test_wn_trelu_uses_translated_relu_activations():
     assert not any(isinstance(m, nn.ReLU) for m in model.modules())
     # one per activation site: stem + 2 per basic block
     assert len(acts) == 1 + 2 * 3
-    assert all(isinstance(m, WeightNormConv2d) for m in model.modules() if "conv" in type(m).__name__.lower())
+    assert all(isinstance(m, StrictWeightNormConv2d) for m in model.modules() if "conv" in type(m).__name__.lower())
+    affine = build_model("resnet_cifar", "wn_trelu_affine", 10)
+    assert all(isinstance(m, WeightNormConv2d) for m in affine.modules() if "conv" in type(m).__name__.lower())
 
 
 def test_normprop_uses_its_layers():

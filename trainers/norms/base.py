@@ -72,6 +72,17 @@ class NormScheme:
 
         return Bottleneck(self, inplanes, planes, stride)
 
+    def stem_pool(self) -> nn.Module:
+        """The ImageNet stem's 3×3/2 max-pool (He et al. 2016); NormProp re-normalizes its output."""
+        return nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+
+    def residual_gain(self) -> float:
+        """Factor on each residual sum ``branch + identity`` before the block's last activation.
+
+        1 (He et al. 2016) for every scheme but NormProp, which keeps the sum at unit variance.
+        """
+        return 1.0
+
     def finalize(self, model: nn.Module) -> None:
         """Called once the model is built (e.g. Fixup's rescaled init). Default: nothing."""
 

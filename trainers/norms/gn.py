@@ -8,9 +8,13 @@ its own mean and variance over its channels and all spatial positions, then a pe
 No batch statistics: a sample's output does not depend on the rest of its batch, and training and
 evaluation compute the same function. Convs carry no bias (β replaces it). G = 32 as in the paper.
 
-Choice where the paper is silent: when C < G or G does not divide C (e.g. the 16-channel stages of
-``resnet_cifar``), we use the largest divisor of C that is ≤ G (``num_groups``), so 16 channels with
-G = 32 give 16 groups of one channel each (instance norm). Set ``groups`` lower for narrow models.
+Width-aware groups (the paper fixes G = 32 for ResNet-50, whose narrowest layer has 64 channels, and
+its Table 3 shows that 1 channel per group — instance norm — is the worst setting). On a narrow model
+a fixed G = 32 degenerates: the quick model's 16- and 32-channel stages would get 16 and 32 groups of
+one channel, i.e. instance norm. So a layer gets at most C / ``min_group_channels`` groups (2 by
+default, the paper's own smallest group at ResNet-50 width), and the largest divisor of C below both
+bounds (``num_groups``): ResNet-50 keeps exactly the paper's G = 32 everywhere, while 16 channels get
+8 groups of 2. ``min_group_channels: 1`` gives the plain fixed-G rule.
 Wu & He initialize γ = 0 in each residual block's last norm (Goyal et al. 2017); that is
 ``zero_init_last_gamma``, off by default as for ``bn`` so the two start from the same function class.
 """
@@ -24,13 +28,16 @@ from trainers.norms.base import NormScheme, SchemeOptions
 from trainers.norms.registry import register
 
 
-def num_groups(channels: int, groups: int) -> int:
-    """The largest divisor of ``channels`` that is ≤ ``groups`` (``groups`` itself when it divides)."""
-    return max(d for d in range(1, min(groups, channels) + 1) if channels % d == 0)
+def num_groups(channels: int, groups: int, min_group_channels: int = 1) -> int:
+    """The largest divisor of ``channels`` that is ≤ ``groups`` and leaves ≥ ``min_group_channels`` channels
+    in every group (``groups`` itself when it divides and the groups are wide enough)."""
+    cap = max(1, min(groups, channels // min_group_channels))
+    return max(d for d in range(1, cap + 1) if channels % d == 0)
 
 
 class GroupNormOptions(SchemeOptions):
     groups: int = Field(32, ge=1)  # G, paper default
+    min_group_channels: int = Field(2, ge=1)  # width-aware: never fewer channels per group (1 = fixed G)
     eps: float = Field(1e-5, gt=0)
     zero_init_last_gamma: bool = False  # Wu & He §4 use it (after Goyal et al. 2017); off like bn's
 
@@ -43,7 +50,8 @@ class GroupNorm(NormScheme):
     search_family = "default"  # search_spaces/default.yaml: BN's nuisance space
 
     def norm(self, channels: int) -> nn.Module:
-        return nn.GroupNorm(num_groups(channels, self.options.groups), channels, eps=self.options.eps)
+        groups = num_groups(channels, self.options.groups, self.options.min_group_channels)
+        return nn.GroupNorm(groups, channels, eps=self.options.eps)
 
     def finalize(self, model: nn.Module) -> None:
         if self.options.zero_init_last_gamma:

@@ -1,12 +1,25 @@
 """Weight normalization with a translated ReLU — Xiang & Li (2017), "On the Effects of Batch and
 Weight Normalization in Generative Adversarial Networks", arXiv 1704.03971.
 
-Convs and the classifier are WN layers (Salimans & Kingma 2016, see ``wn``), with the same
-data-dependent init. The activation is the translated ReLU with a learnable per-channel threshold α:
+``wn_trelu`` follows Xiang & Li's definition (their §3–4). Every hidden layer is a *strict*
+weight-normalized layer — direction only, no length and no bias:
+
+    y = (v/‖v‖) ∗ x                                   (per output channel; no g, no b)
+
+followed by the translated ReLU with a learnable per-channel threshold α, which takes over the role
+of the bias that a strict layer lacks:
 
     TReLU_α(x) = max(x, α) = ReLU(x − α) + α          (α initialised at 0, so TReLU_0 = ReLU)
 
-Xiang & Li's code writes it as ``prelu(x − α, slope) + α``; ``slope`` is that leak (0 = their TReLU).
+and only the last layer (the classifier) is an *affine* WN layer, y = g·(v/‖v‖)·x + b (Salimans &
+Kingma 2016; see ``wn``, including its ``classifier_data_init`` choice). With no g anywhere but in the
+classifier there is nothing for an init scale to set, so ``wn_trelu`` has none. Xiang & Li's code
+writes TReLU as ``prelu(x − α, slope) + α``; ``slope`` is that leak (0 = their TReLU).
+
+``wn_trelu_affine`` is the variant this project first shipped (and how "WN + TReLU" is often read):
+affine WN layers with g, b and data-dependent init everywhere, plus TReLU's α — a shift that is
+redundant with b (+23,720 parameters on ResNet-50). It is kept, beside the paper's form, so studies
+can compare the two.
 """
 
 from __future__ import annotations
@@ -16,8 +29,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from trainers.norms.base import SchemeOptions
 from trainers.norms.registry import register
-from trainers.norms.wn import WeightNorm, WeightNormOptions
+from trainers.norms.wn import WeightNorm, WeightNormLinear, WeightNormOptions
 
 
 class TranslatedReLU(nn.Module):
@@ -35,17 +49,69 @@ class TranslatedReLU(nn.Module):
         return out + a
 
 
-class WeightNormTReLUOptions(WeightNormOptions):
+class StrictWeightNormConv2d(nn.Module):
+    """Conv2d with w = v/‖v‖ per output channel and no bias (Xiang & Li's strict WN layer).
+
+    The output is invariant to the scale of v; ∂L/∂v ⟂ v, so plain SGD only grows ‖v‖.
+    """
+
+    eps: float = 1e-12
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0) -> None:
+        super().__init__()
+        self.stride, self.padding = stride, padding
+        self.v = nn.Parameter(torch.empty(out_ch, in_ch, kernel_size, kernel_size))
+        nn.init.kaiming_normal_(self.v, mode="fan_out", nonlinearity="relu")
+
+    def weight(self) -> torch.Tensor:
+        norm = self.v.flatten(1).norm(dim=1).clamp_min(self.eps)
+        return self.v / norm.view(-1, 1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight(), None, self.stride, self.padding)
+
+
+class WeightNormTReLUOptions(SchemeOptions):
     slope: float = Field(0.0, ge=0, lt=1)
     alpha_init: float = 0.0
+    classifier_data_init: bool = False  # as wn's: DDI on the affine classifier (off: see trainers/norms/wn.py)
 
 
 @register
 class WeightNormTReLU(WeightNorm):
     name = "wn_trelu"
-    paper = "Xiang & Li 2017, arXiv 1704.03971 (WN: Salimans & Kingma 2016)"
+    paper = "Xiang & Li 2017, arXiv 1704.03971 (strict WN + TReLU; affine WN classifier)"
     Options = WeightNormTReLUOptions
     search_family = "wn"
+    has_init_scale = False
+
+    def conv(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0) -> nn.Module:
+        return StrictWeightNormConv2d(in_ch, out_ch, kernel_size, stride, padding)
+
+    def linear(self, in_features: int, out_features: int) -> nn.Module:
+        return WeightNormLinear(in_features, out_features, data_init=self.options.classifier_data_init)
+
+    def act(self, channels: int) -> nn.Module:
+        return TranslatedReLU(channels, self.options.slope, self.options.alpha_init)
+
+    def data_dependent_init(self, model: nn.Module, images: torch.Tensor) -> None:
+        from trainers.norms.wn import weight_norm_data_init
+
+        weight_norm_data_init(model, images)  # only the classifier, and only with classifier_data_init
+
+
+class WeightNormTReLUAffineOptions(WeightNormOptions):
+    slope: float = Field(0.0, ge=0, lt=1)
+    alpha_init: float = 0.0
+
+
+@register
+class WeightNormTReLUAffine(WeightNorm):
+    name = "wn_trelu_affine"
+    paper = "Xiang & Li 2017, arXiv 1704.03971, read as affine WN (Salimans & Kingma 2016) + TReLU"
+    Options = WeightNormTReLUAffineOptions
+    search_family = "wn"
+    has_init_scale = True
 
     def act(self, channels: int) -> nn.Module:
         return TranslatedReLU(channels, self.options.slope, self.options.alpha_init)

@@ -16,6 +16,27 @@ def test_num_groups_is_largest_divisor_not_above_groups(channels, groups, expect
     assert num_groups(channels, groups) == expected
 
 
+@pytest.mark.parametrize(("channels", "min_group_channels", "expected"), [
+    (16, 2, 8), (32, 2, 16), (64, 2, 32), (2048, 2, 32), (16, 4, 4), (16, 1, 16), (12, 2, 6), (3, 2, 1),
+])
+def test_width_aware_groups_never_fall_below_min_group_channels(channels, min_group_channels, expected):
+    g = num_groups(channels, 32, min_group_channels)
+    assert g == expected
+    assert channels % g == 0 and (channels // g >= min_group_channels or g == 1)
+
+
+def test_quick_model_gets_groups_not_instance_norm_and_resnet50_keeps_the_papers_g32():
+    quick = build_model("resnet_cifar", "gn", 10, cifar_width=16)
+    assert {m.num_channels // m.num_groups for m in quick.modules() if isinstance(m, nn.GroupNorm)} == {2}
+    r50 = build_model("resnet50", "gn", 1000)
+    assert {m.num_groups for m in r50.modules() if isinstance(m, nn.GroupNorm)} == {32}
+    # the plain fixed-G rule: the 16- and 32-channel stages degenerate to instance norm (1 channel a group)
+    fixed = build_model("resnet_cifar", norms.create("gn", min_group_channels=1), 10, cifar_width=16)
+    per_group = {m.num_channels: m.num_channels // m.num_groups for m in fixed.modules()
+                 if isinstance(m, nn.GroupNorm)}
+    assert per_group == {16: 1, 32: 1, 64: 2}
+
+
 def test_norm_layer_standardizes_each_sample_and_group_before_the_affine():
     torch.manual_seed(0)
     layer = norms.create("gn").norm(64)

@@ -11,10 +11,13 @@ import torch
 from trainers import norms
 from trainers.models import build_model
 from trainers.norms.normprop import (
+    MAXPOOL9_MEAN,
+    MAXPOOL9_STD,
     RELU_MEAN,
     RELU_STD,
     NormPropConv2d,
     NormPropLinear,
+    NormPropMaxPool,
     NormPropReLU,
 )
 
@@ -147,3 +150,79 @@ def test_batch_size_one_trains():
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def _block_stds(arch: str, seed: int = 0, **options) -> tuple[list[float], float]:
+    torch.manual_seed(seed)
+    model = build_model(arch, norms.create("normprop", **options), 1000)
+    stds: list[float] = []
+    hooks = [block.register_forward_hook(lambda _m, _i, out: stds.append(out.std().item()))
+             for name in model.stages for block in getattr(model, name)]
+    try:
+        with torch.no_grad():
+            logits = model(torch.randn(8, 3, 64, 64))
+    finally:
+        for h in hooks:
+            h.remove()
+    return stds, logits.std().item()
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_activations_stay_order_one_through_the_whole_resnet_at_init(arch):
+    """At ResNet-50 depth every block's output std and the logits' std stay within a small factor of 1 on
+    Gaussian input (before the residual re-normalization: block std 3 → 8e5, logits 1e6)."""
+    stds, logits = _block_stds(arch)
+    assert len(stds) == (8 if arch == "resnet18" else 16)
+    assert all(0.5 < s < 10 for s in stds), stds
+    assert 0.1 < logits < 10, logits
+    if arch == "resnet18":
+        assert all(0.5 < s < 2 for s in stds), stds  # 8 blocks: the approximation's drift stays small
+
+
+def test_each_resnet_correction_is_wired_and_needed_at_resnet50_depth():
+    """residual_rescale and center_weights change the function (no option that does nothing), and each
+    one is needed: without it the stream blows up through ResNet-50's 16 blocks."""
+    on, _ = _block_stds("resnet50")
+    no_rescale, _ = _block_stds("resnet50", residual_rescale=False)
+    no_center, _ = _block_stds("resnet50", center_weights=False)
+    assert max(no_rescale) > 100 * max(on)
+    assert max(no_center) > 4 * max(on)
+
+
+def test_residual_gain_is_one_over_sqrt2_only_with_residual_rescale():
+    assert norms.create("normprop").residual_gain() == pytest.approx(1 / math.sqrt(2))
+    assert norms.create("normprop", residual_rescale=False).residual_gain() == 1.0
+    assert norms.create("bn").residual_gain() == 1.0
+
+
+def test_centered_rows_are_blind_to_a_shared_input_offset_and_unit_norm():
+    torch.manual_seed(0)
+    conv = NormPropConv2d(4, 6, 3)
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        # an offset on every input (no padding in reach: check the interior)
+        torch.testing.assert_close(conv(x + 5.0)[..., 1:-1, 1:-1], conv(x)[..., 1:-1, 1:-1], rtol=1e-4, atol=1e-4)
+        w = conv.weight().flatten(1)
+    torch.testing.assert_close(w.sum(dim=1), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(w.norm(dim=1), torch.ones(6), atol=1e-5, rtol=0)
+    plain = NormPropConv2d(4, 6, 3, center=False)
+    with torch.no_grad():
+        assert not torch.allclose(plain(x + 5.0), plain(x), atol=1e-2)
+
+
+def test_maxpool_constants_are_the_moments_of_the_max_of_nine_normprop_relus():
+    u = torch.linspace(-12, 12, 400_001, dtype=torch.float64)
+    pdf1 = torch.exp(-(u**2) / 2) / math.sqrt(2 * math.pi)
+    cdf = 0.5 * (1 + torch.erf(u / math.sqrt(2)))
+    pdf9 = 9 * cdf**8 * pdf1  # density of the max of 9 i.i.d. N(0, 1); ReLU and the affine map are monotone
+    z = (torch.relu(u) - RELU_MEAN) / RELU_STD
+    m1 = torch.trapezoid(z * pdf9, u).item()
+    m2 = torch.trapezoid(z * z * pdf9, u).item()
+    assert MAXPOOL9_MEAN == pytest.approx(m1, abs=1e-5)
+    assert MAXPOOL9_STD == pytest.approx(math.sqrt(m2 - m1 * m1), abs=1e-5)
+    # and the stem's pool applies them: unit moments for i.i.d. NormProp activations (no padding in reach)
+    torch.manual_seed(0)
+    zs = NormPropReLU()(torch.randn(64, 4, 32, 32))
+    pooled = NormPropMaxPool()(zs)[..., 1:, 1:]
+    # overlapping 3×3/2 windows share samples: the moments of the pooled map are still those of one window
+    assert abs(pooled.mean().item()) < 0.02 and abs(pooled.std().item() - 1) < 0.02

@@ -130,7 +130,8 @@ def test_gradient_wrt_v_is_orthogonal_to_v(make):
 @pytest.mark.parametrize("init_scale", [1.0, 0.3, 2.5])
 def test_data_dependent_init_gives_zero_mean_and_init_scale_std_at_every_layer(init_scale):
     torch.manual_seed(0)
-    scheme = norms.create("wn", init_scale=init_scale)
+    # Salimans & Kingma's all-layer DDI, the classifier included
+    scheme = norms.create("wn", init_scale=init_scale, classifier_data_init=True)
     model = build_model("resnet_cifar", scheme, 10, cifar_width=8)
     images = torch.randn(32, 3, 16, 16)
     scheme.data_dependent_init(model, images)
@@ -157,6 +158,19 @@ def test_data_dependent_init_gives_zero_mean_and_init_scale_std_at_every_layer(i
                                    msg=lambda m, name=names[layer]: f"{name} mean: {m}")
         torch.testing.assert_close(std, torch.full_like(std, init_scale), atol=0, rtol=1e-3,
                                    msg=lambda m, name=names[layer]: f"{name} std: {m}")
+
+
+def test_default_ddi_initializes_every_conv_but_leaves_the_classifier_at_w_equal_v():
+    torch.manual_seed(0)
+    scheme = norms.create("wn")
+    model = build_model("resnet_cifar", scheme, 10, cifar_width=8)
+    fc_before = {k: t.clone() for k, t in model.fc.state_dict().items()}
+    conv_g = model.conv1.g.detach().clone()
+    scheme.data_dependent_init(model, torch.randn(32, 3, 16, 16))
+    for k, t in model.fc.state_dict().items():
+        torch.testing.assert_close(t, fc_before[k], rtol=0, atol=0)
+    torch.testing.assert_close(model.fc.weight(), model.fc.v, rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(model.conv1.g.detach(), conv_g)  # the convs did get DDI
 
 
 def test_data_init_option_off_keeps_w_equal_v():

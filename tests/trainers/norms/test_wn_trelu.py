@@ -9,8 +9,10 @@ from hypothesis import strategies as st
 
 from trainers import norms
 from trainers.models import build_model
-from trainers.norms.wn import WeightNormConv2d
-from trainers.norms.wn_trelu import TranslatedReLU
+from torch import nn
+
+from trainers.norms.wn import WeightNormConv2d, WeightNormLinear
+from trainers.norms.wn_trelu import StrictWeightNormConv2d, TranslatedReLU
 
 finite = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, allow_infinity=False, width=32)
 
@@ -77,10 +79,52 @@ def test_slope_option_is_prelu_of_shifted_input_plus_alpha(slope, alpha):
         torch.testing.assert_close(act(x), expected, rtol=1e-6, atol=1e-4)
 
 
-def test_scheme_options_reach_the_activation_and_convs_are_weight_normalized():
-    scheme = norms.create("wn_trelu", slope=0.2, alpha_init=0.3, init_scale=2.0)
+def test_affine_variant_options_reach_the_activation_and_convs_are_affine_weight_normalized():
+    scheme = norms.create("wn_trelu_affine", slope=0.2, alpha_init=0.3, init_scale=2.0)
     act = scheme.act(5)
     assert isinstance(act, TranslatedReLU) and act.slope == 0.2
     torch.testing.assert_close(act.alpha.detach(), torch.full((5,), 0.3))
     conv = scheme.conv(3, 5, 3)
     assert isinstance(conv, WeightNormConv2d) and conv.init_scale == 2.0
+
+
+def test_paper_form_hidden_layers_are_strict_wn_with_no_length_and_no_bias():
+    """Xiang & Li: hidden layers y = (v/‖v‖)∗x (no g, no b) + TReLU; only the classifier is affine WN."""
+    torch.manual_seed(0)
+    model = build_model("resnet_cifar", "wn_trelu", 10, cifar_width=8)
+    convs = [m for m in model.modules() if isinstance(m, StrictWeightNormConv2d)]
+    assert len(convs) == 1 + 2 * 3 + 2  # stem, 2 per block, 2 downsamples
+    assert not any(isinstance(m, WeightNormConv2d | nn.Conv2d) for m in model.modules())
+    for conv in convs:
+        assert {n for n, _ in conv.named_parameters()} == {"v"}
+    assert isinstance(model.fc, WeightNormLinear)  # the one affine layer: g and b
+    assert {n for n, _ in model.fc.named_parameters()} == {"v", "g", "b"}
+    # every parameter outside the classifier is a direction v or a threshold α
+    for name, _ in model.named_parameters():
+        assert name.startswith("fc.") or name.endswith(".v") or name.endswith(".alpha"), name
+    assert not norms.get("wn_trelu").has_init_scale  # no g to scale: nothing for the grid to sweep
+
+
+@settings(max_examples=25, deadline=None)
+@given(c=st.floats(min_value=1e-3, max_value=1e3, allow_nan=False, allow_infinity=False))
+def test_strict_layer_output_is_invariant_to_the_scale_of_v(c):
+    torch.manual_seed(0)
+    conv = StrictWeightNormConv2d(3, 4, 3, padding=1)
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        before = conv(x)
+        conv.v.mul_(c)
+        after = conv(x)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+    w = conv.weight().detach().flatten(1)
+    torch.testing.assert_close(w.norm(dim=1), torch.ones(4), rtol=1e-5, atol=1e-6)
+
+
+def test_strict_model_gradient_on_v_is_orthogonal_to_v():
+    torch.manual_seed(0)
+    model = build_model("resnet_cifar", "wn_trelu", 10, cifar_width=8)
+    F.cross_entropy(model(torch.randn(4, 3, 16, 16)), torch.tensor([0, 1, 2, 3])).backward()
+    for conv in (m for m in model.modules() if isinstance(m, StrictWeightNormConv2d)):
+        v, gv = conv.v.detach().flatten(1), conv.v.grad.flatten(1)
+        cos = (v * gv).sum(1) / (v.norm(dim=1) * gv.norm(dim=1)).clamp_min(1e-12)
+        assert cos.abs().max() < 1e-4
