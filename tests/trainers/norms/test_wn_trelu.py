@@ -6,11 +6,10 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 from trainers import norms
 from trainers.models import build_model
-from torch import nn
-
 from trainers.norms.wn import WeightNormConv2d, WeightNormLinear
 from trainers.norms.wn_trelu import StrictWeightNormConv2d, TranslatedReLU
 
