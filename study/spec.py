@@ -54,7 +54,9 @@ class SchemeEntry(_Section):
 
 class DataSpec(_Section):
     # 'generated' needs no files; 'folder' reads an ImageNet-layout tree (train/ and val/, a folder a class).
-    kind: Literal["generated", "folder"] = "generated"
+    # 'digits': scikit-learn's bundled handwritten digits, written once as such a folder at data.path
+    # (trainers/data/digits.py), then read by the same folder loaders.
+    kind: Literal["generated", "folder", "digits"] = "generated"
     path: str | None = None
     train_dir: str = "train"
     val_dir: str = "val"
@@ -63,7 +65,11 @@ class DataSpec(_Section):
     # Paper: 224 px random-resized crops, eval resize 256 + centre 224 (He et al. 2016; Krizhevsky 2012).
     image_size: int = Field(224, gt=0)
     eval_resize: int = Field(256, gt=0)
+    # Training augmentation of folder data (paper: flips and Inception-style crops of 8–100% of the area).
+    hflip: bool = True
+    crop_scale: list[float] = Field(default_factory=lambda: [0.08, 1.0], min_length=2, max_length=2)
     loader_workers: int = Field(4, ge=0)
+    digits_image_size: int = Field(32, ge=8)  # 'digits': the px the 8×8 images are upsampled to on disk
     # Generated data only: size of each split, classes, noise, and its own seed.
     num_classes: int = Field(10, ge=2)
     train_size: int = Field(2048, gt=0)
@@ -77,6 +83,11 @@ class DataSpec(_Section):
     def _folder_needs_path(self) -> DataSpec:
         if self.kind == "folder" and not self.path:
             raise ValueError("data.path: required when data.kind is 'folder'; give an ImageNet-layout folder")
+        if self.kind == "digits" and not self.path:
+            self.path = "normstudy_data/digits"  # trainers.data.digits.DEFAULT_PATH; made absolute per study
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"data.crop_scale: need 0 < min <= max <= 1, got {self.crop_scale}")
         return self
 
 

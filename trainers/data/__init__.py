@@ -67,7 +67,13 @@ def build_data(data: DataSpec, *, batch_size: int, rank: int = 0, world_size: in
     if data.kind == "generated":
         from trainers.data.generated import build_generated
 
-        return build_generated(data, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed)
+        return build_generated(data, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed,
+                               device=device)
+    if data.kind == "digits":  # written once as an ImageNet-layout folder, then read like any folder
+        from trainers.data.digits import DEFAULT_PATH, write_digits_folder
+
+        root = write_digits_folder(data.path or DEFAULT_PATH, image_size=data.digits_image_size)
+        data = data.model_copy(update={"kind": "folder", "path": str(root)})
     if data.kind == "folder":
         use_cuda = None if device is None else device.type == "cuda"
         loader = resolve_loader(data.loader, cuda_available=use_cuda)
@@ -80,4 +86,4 @@ def build_data(data: DataSpec, *, batch_size: int, rank: int = 0, world_size: in
 
         return build_torchvision(data, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed,
                                  device=device)
-    raise ValueError(f"data.kind: must be 'generated' or 'folder', got {data.kind!r}")
+    raise ValueError(f"data.kind: must be 'generated', 'folder' or 'digits', got {data.kind!r}")

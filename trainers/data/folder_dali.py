@@ -97,6 +97,8 @@ class PipelinePlan:
     decoder: str  # "mixed" (GPU) or "cpu"
     num_threads: int
     seed: int
+    hflip: bool = True  # training: random horizontal flips (data.hflip)
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # training: random-resized-crop area range (data.crop_scale)
 
     def reader_args(self) -> dict[str, Any]:
         # Order and sharding are already in `files`; DALI only reads them in sequence. pad_last_batch makes
@@ -120,8 +122,10 @@ def build_pipeline(plan: PipelinePlan) -> Any:
         jpegs, labels = fn.readers.file(**plan.reader_args())
         images = fn.decoders.image(jpegs, device=plan.decoder, output_type=types.RGB)
         if plan.training:
-            images = fn.random_resized_crop(images, size=(plan.image_size, plan.image_size))
-            images = fn.crop_mirror_normalize(images, mirror=fn.random.coin_flip(), mean=MEAN_255,
+            images = fn.random_resized_crop(images, size=(plan.image_size, plan.image_size),
+                                            random_area=list(plan.crop_scale))
+            mirror = fn.random.coin_flip() if plan.hflip else 0
+            images = fn.crop_mirror_normalize(images, mirror=mirror, mean=MEAN_255,
                                               std=STD_255, output_layout="CHW", dtype=types.FLOAT)
         else:
             images = fn.resize(images, resize_shorter=plan.eval_resize)
@@ -171,6 +175,7 @@ class DaliTrain:
             batch_size=self.batch_size, image_size=self.data.image_size, eval_resize=self.data.eval_resize,
             device_id=self.device_id, decoder=self.decoder, num_threads=max(1, self.data.loader_workers),
             seed=derive_seed(self.seed, epoch, self.rank, start),
+            hflip=self.data.hflip, crop_scale=(self.data.crop_scale[0], self.data.crop_scale[1]),
         )
 
     def epoch_iter(self, epoch: int, start: int = 0) -> Iterator[Batch]:

@@ -34,10 +34,11 @@ from trainers.data.base import (
 from trainers.data.folder import IMAGENET_MEAN, IMAGENET_STD, FolderSplits, describe, open_image, scan_folder
 
 
-def train_transform(image_size: int) -> Callable[[Any], Tensor]:
+def train_transform(image_size: int, hflip: bool = True,
+                    crop_scale: tuple[float, float] = (0.08, 1.0)) -> Callable[[Any], Tensor]:
     return transforms.Compose([
-        transforms.RandomResizedCrop(image_size),
-        transforms.RandomHorizontalFlip(),
+        transforms.RandomResizedCrop(image_size, scale=crop_scale),
+        *([transforms.RandomHorizontalFlip()] if hflip else []),
         transforms.ToTensor(),
         transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
@@ -112,7 +113,8 @@ def build_torchvision(data: DataSpec, *, batch_size: int, rank: int, world_size:
                       device: torch.device | None = None, splits: FolderSplits | None = None) -> DataBundle:
     splits = splits or scan_folder(data)
     pin = torch.cuda.is_available() and (device is None or device.type == "cuda")
-    train_ds = FileDataset(splits.train, train_transform(data.image_size))
+    train_ds = FileDataset(splits.train, train_transform(data.image_size, data.hflip,
+                                                         (data.crop_scale[0], data.crop_scale[1])))
     train = TorchvisionTrain(train_ds, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed,
                              num_workers=data.loader_workers, pin_memory=pin)
     check_steps(train.steps_per_epoch, len(train_ds), batch_size, world_size,

@@ -18,7 +18,7 @@ writes TReLU as ``prelu(x − α, slope) + α``; ``slope`` is that leak (0 = the
 
 ``wn_trelu_affine`` is the variant this project first shipped (and how "WN + TReLU" is often read):
 affine WN layers with g, b and data-dependent init everywhere, plus TReLU's α — a shift that is
-redundant with b (+23,720 parameters on ResNet-50). It is kept, beside the paper's form, so studies
+redundant with b (+22,720 parameters on ResNet-50). It is kept, beside the paper's form, so studies
 can compare the two.
 """
 
