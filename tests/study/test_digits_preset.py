@@ -1,5 +1,6 @@
 """`normstudy run --spec specs/digits.yaml`: real digits through the folder path, the paper's four schemes end to
-end, each with a stable configuration (a budget cut to one lr — 0.03, where all four train on digits; NormProp diverges there at 0.1 — one seed and 60 steps)."""
+end, each with a stable configuration. The budget is cut to one lr (0.03, where all four train on digits;
+NormProp diverges there at 0.1), one seed and 60 steps."""
 
 from __future__ import annotations
 
