@@ -1,25 +1,30 @@
 """The paper's three claims, each judged on the study's own numbers, and a side-by-side with the paper.
 
-Gitman & Ginsburg 2017 (arXiv:1709.08145), ResNet-50 on ImageNet, as summarized in DESIGN §1:
+Gitman & Ginsburg 2017 (arXiv:1709.08145), ResNet-50 on ImageNet, as summarized in docs/design.md §1:
 1. the WN family (wn, normprop, wn_trelu) reaches higher train and lower test top-1 than BN;
 2. the WN family diverges at learning rates / init scales where BN trains;
 3. BN costs a large share of each step (~24% of ResNet compute time vs ~60% for convolutions, Pascal).
 
-Verdicts are ``confirmed``, ``not confirmed`` or ``not measured``; docs/report.md states each rule.
-Nothing here assumes BN wins: a study where BN is worse gets "not confirmed" and the numbers that say so.
+Verdicts are ``confirmed``, ``not confirmed``, ``inconclusive`` or ``not measured``; docs/report.md states
+each rule. Every comparison carries a 95% interval (analysis/intervals.py): over seeds for accuracies,
+over the tried trials for failure rates, over profiler repeats for step shares. A verdict is confirmed or
+not confirmed only when its interval excludes "no effect"; otherwise it is inconclusive. Nothing here
+assumes BN wins: a study where BN is worse gets "not confirmed" and the numbers that say so.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from analysis import intervals
+from analysis.intervals import CONFIRMED, INCONCLUSIVE, NOT_CONFIRMED, Interval
 from analysis.summarize import SchemeSummary
 
-WN_FAMILY = ("wn", "normprop", "wn_trelu")
-CONFIRMED, NOT_CONFIRMED, NOT_MEASURED = "confirmed", "not confirmed", "not measured"
+WN_FAMILY = ("wn", "normprop", "wn_trelu", "wn_trelu_affine")
+NOT_MEASURED = "not measured"
+__all__ = ["CONFIRMED", "INCONCLUSIVE", "NOT_CONFIRMED", "NOT_MEASURED", "Claim", "evaluate_claims"]
 
 PAPER = {
     "setup": "ResNet-50 on ImageNet, 224 px crops (paper defaults: SGD, batch 256, 90 epochs), 8 Pascal GPUs",
@@ -30,7 +35,7 @@ PAPER = {
     "conv_share": 0.60,  # convolutions' share, same profile
 }
 SCALE_NOTE = (
-    "The paper's ordering depends on scale (DESIGN §1): on CIFAR-10 with a shallow net every scheme reached "
+    "The paper's ordering depends on scale (docs/design.md §1): on CIFAR-10 with a shallow net every scheme reached "
     "100% train accuracy and WN beat BN by 1–2% test; only on ImageNet/ResNet-50 did BN win. A small study "
     "may therefore rightly find WN ≥ BN; the verdicts describe this study's setup, not ImageNet."
 )
@@ -58,8 +63,19 @@ def _present(summaries: Mapping[str, SchemeSummary]) -> tuple[SchemeSummary | No
     return summaries.get("bn"), [summaries[n] for n in WN_FAMILY if n in summaries]
 
 
-def _overall(holds: list[bool]) -> str:
-    return CONFIRMED if holds and all(holds) else NOT_CONFIRMED
+def _iv(iv: Interval | None) -> dict[str, Any] | None:
+    return None if iv is None else iv.as_dict()
+
+
+def _both(a: str, b: str) -> str:
+    """A scheme's verdict when two effects must both hold (claim 1: train higher and test lower)."""
+    if NOT_CONFIRMED in (a, b):
+        return NOT_CONFIRMED
+    return CONFIRMED if a == b == CONFIRMED else INCONCLUSIVE
+
+
+def _ci(iv: Interval | None) -> str:
+    return "no interval (fewer than 2 stable seeds)" if iv is None else f"95% CI {iv.text()}"
 
 
 def claim_generalization(summaries: Mapping[str, SchemeSummary]) -> Claim:
@@ -71,35 +87,42 @@ def claim_generalization(summaries: Mapping[str, SchemeSummary]) -> Claim:
     if not measured:
         return Claim(1, text, NOT_MEASURED, "No WN-family scheme has a stable trial with final accuracies.")
     b = bn.best
-    evidence: dict[str, Any] = {"bn": {"train_top1": b.train_top1.mean, "test_top1": b.test_top1.mean}}
-    parts, holds = [], []
+    evidence: dict[str, Any] = {"bn": {"train_top1": b.train_top1.mean, "test_top1": b.test_top1.mean,
+                                       "seeds": b.test_top1.n}}
+    parts, verdicts = [], []
     for s in measured:
         d_train, d_test = s.best.train_top1.mean - b.train_top1.mean, s.best.test_top1.mean - b.test_top1.mean
-        stds = [x for x in (s.best.test_top1.std, b.test_top1.std) if x is not None]
-        noise = math.sqrt(sum(x * x for x in stds)) if stds else None
-        ok = d_train > 0 and d_test < 0
-        holds.append(ok)
+        iv_train = intervals.welch(s.best.train_top1.mean, s.best.train_top1.std, s.best.train_top1.n,
+                                   b.train_top1.mean, b.train_top1.std, b.train_top1.n)
+        iv_test = intervals.welch(s.best.test_top1.mean, s.best.test_top1.std, s.best.test_top1.n,
+                                  b.test_top1.mean, b.test_top1.std, b.test_top1.n)
+        verdict = _both(intervals.direction(iv_train, +1), intervals.direction(iv_test, -1))
+        verdicts.append(verdict)
         evidence[s.name] = {
             "train_top1": s.best.train_top1.mean,
             "test_top1": s.best.test_top1.mean,
             "train_minus_bn": d_train,
             "test_minus_bn": d_test,
-            "test_seed_noise": noise,
-            "holds": ok,
+            "train_minus_bn_ci": _iv(iv_train),
+            "test_minus_bn_ci": _iv(iv_test),
+            "seeds": s.best.test_top1.n,
+            "verdict": verdict,
+            "holds": verdict == CONFIRMED,
         }
-        within = " (within seed noise)" if noise is not None and abs(d_test) < noise else ""
-        parts.append(f"{s.name}: train {pts(d_train)}, test {pts(d_test)}{within}")
+        parts.append(f"{s.name}: train {pts(d_train)} ({_ci(iv_train)}), test {pts(d_test)} ({_ci(iv_test)}) "
+                     f"→ {verdict}")
     reason = "Best configurations vs BN — " + "; ".join(parts) + ". Paper: test ≈ −6 pts, train higher."
     better = [n for n, e in evidence.items() if n != "bn" and e["test_minus_bn"] > 0]
     if better:
         reason += f" BN has the lower test top-1 here (vs {', '.join(better)})."
-    return Claim(1, text, _overall(holds), reason, evidence)
+    return Claim(1, text, intervals.combine(verdicts), reason, evidence)
 
 
 def _rate_in(rows: list[dict], lo: float, hi: float) -> tuple[int, int]:
+    """(tried, failed) trials with lr in [lo, hi]; failed = diverged or collapsed."""
     tol = 1e-9
     sel = [r for r in rows if lo * (1 - tol) <= r["lr"] <= hi * (1 + tol)]
-    return sum(r["n"] for r in sel), sum(r["n_diverged"] for r in sel)
+    return sum(r["n"] for r in sel), sum(r.get("n_failed", r["n_diverged"]) for r in sel)
 
 
 def _largest_stable(s: SchemeSummary) -> float | None:
@@ -117,7 +140,7 @@ def claim_stability(summaries: Mapping[str, SchemeSummary]) -> Claim:
     if bn is None or not bn.divergence_by_lr:
         return Claim(2, text, NOT_MEASURED, "BN has no finished trials in this study.")
     evidence: dict[str, Any] = {"bn": {"largest_stable_lr": _largest_stable(bn)}}
-    parts, holds, any_div = [], [], False
+    parts, verdicts, any_div = [], [], False
     for s in family:
         if not s.divergence_by_lr:
             continue
@@ -128,26 +151,29 @@ def claim_stability(summaries: Mapping[str, SchemeSummary]) -> Claim:
         (n_b, d_b), (n_s, d_s) = _rate_in(bn.divergence_by_lr, lo, hi), _rate_in(s.divergence_by_lr, lo, hi)
         rate_b, rate_s = d_b / n_b, d_s / n_s
         any_div = any_div or d_b > 0 or d_s > 0
-        ok = rate_s > rate_b
-        holds.append(ok)
+        iv = intervals.rate_difference(d_s, n_s, d_b, n_b)
+        verdict = intervals.direction(iv, +1)
+        verdicts.append(verdict)
         evidence[s.name] = {
             "lr_range": [lo, hi],
             "divergence_rate": rate_s,
             "bn_divergence_rate": rate_b,
+            "rate_minus_bn_ci": _iv(iv),
             "largest_stable_lr": _largest_stable(s),
-            "holds": ok,
+            "verdict": verdict,
+            "holds": verdict == CONFIRMED,
         }
         parts.append(
-            f"{s.name}: {d_s}/{n_s} trials diverged ({_pct(rate_s)}) vs BN {d_b}/{n_b} ({_pct(rate_b)}) "
-            f"for lr in [{lo:g}, {hi:g}]; largest stable lr {_lr(_largest_stable(s))} vs BN's "
-            f"{_lr(_largest_stable(bn))}"
+            f"{s.name}: {d_s}/{n_s} trials failed ({_pct(rate_s)}) vs BN {d_b}/{n_b} ({_pct(rate_b)}) "
+            f"for lr in [{lo:g}, {hi:g}], difference {_ci(iv)}; largest stable lr {_lr(_largest_stable(s))} "
+            f"vs BN's {_lr(_largest_stable(bn))} → {verdict}"
         )
-    if not holds:
+    if not verdicts:
         return Claim(2, text, NOT_MEASURED, "No WN-family scheme was tried at learning rates BN was tried at.")
     reason = "; ".join(parts) + "."
     if not any_div:
         reason += " No trial diverged in the common range: widen the learning-rate grid to probe stability."
-    return Claim(2, text, _overall(holds), reason, evidence)
+    return Claim(2, text, intervals.combine(verdicts), reason, evidence)
 
 
 def claim_cost(summaries: Mapping[str, SchemeSummary]) -> Claim:
@@ -163,18 +189,22 @@ def claim_cost(summaries: Mapping[str, SchemeSummary]) -> Claim:
             f"No normalization share (scheme metric norm_share) was profiled for {missing}.",
         )
     evidence: dict[str, Any] = {"bn": {"norm_share": bn.norm_share, "conv_share": bn.conv_share}}
-    holds, parts = [], []
+    verdicts, parts = [], []
     for s in measured:
-        ok = bn.norm_share > s.norm_share
-        holds.append(ok)
-        evidence[s.name] = {"norm_share": s.norm_share, "conv_share": s.conv_share, "holds": ok}
-        parts.append(f"{s.name} {_pct(s.norm_share)}")
+        iv = intervals.welch(bn.norm_share, getattr(bn, "norm_share_std", None), getattr(bn, "profile_repeats", 0),
+                             s.norm_share, getattr(s, "norm_share_std", None), getattr(s, "profile_repeats", 0))
+        verdict = intervals.direction(iv, +1)
+        verdicts.append(verdict)
+        evidence[s.name] = {"norm_share": s.norm_share, "conv_share": s.conv_share,
+                            "bn_minus_share_ci": _iv(iv), "verdict": verdict, "holds": verdict == CONFIRMED}
+        ci = "no interval (one profile)" if iv is None else f"BN − it {iv.text()}"
+        parts.append(f"{s.name} {_pct(s.norm_share)} ({ci})")
     reason = (
         f"Normalization's share of a profiled step: BN {_pct(bn.norm_share)} vs "
         + ", ".join(parts)
         + f". Paper: BN ~{_pct(PAPER['bn_share'])}, convolutions ~{_pct(PAPER['conv_share'])}."
     )
-    return Claim(3, text, _overall(holds), reason, evidence)
+    return Claim(3, text, intervals.combine(verdicts), reason, evidence)
 
 
 def evaluate_claims(summaries: Mapping[str, SchemeSummary]) -> list[Claim]:

@@ -6,6 +6,7 @@ import pytest
 
 from analysis.claims import (
     CONFIRMED,
+    INCONCLUSIVE,
     NOT_CONFIRMED,
     NOT_MEASURED,
     claim_cost,
@@ -19,12 +20,18 @@ from analysis.summarize import summarize_scheme
 from tests.analysis.synth import study, trial
 
 
-def summaries(bn_test=0.76, wn_test=0.71, bn_lrs=(0.1, 1.0, 3.0), wn_div_lrs=(1.0,), metrics=None):
-    bn = [trial("bn", lr, s, train=0.81, test=bn_test) for lr in bn_lrs for s in (0, 1)]
+def summaries(bn_test=0.76, wn_test=0.71, bn_lrs=(0.1, 1.0, 3.0), wn_div_lrs=(1.0,), metrics=None,
+              seeds=(0, 1), spread=0.0):
+    """``spread``: seed s's accuracies are offset by ±spread (alternating), the means stay as given."""
+    def off(s: int) -> float:
+        return spread * (1 if s % 2 == 0 else -1) if len(seeds) % 2 == 0 else 0.0
+
+    bn = [trial("bn", lr, s, train=0.81 + off(s), test=bn_test + off(s)) for lr in bn_lrs for s in seeds]
     wn = [
-        trial("wn", lr, s, diverged=True, step=9) if lr in wn_div_lrs else trial("wn", lr, s, train=0.91, test=wn_test)
+        trial("wn", lr, s, diverged=True, step=9) if lr in wn_div_lrs
+        else trial("wn", lr, s, train=0.91 + off(s), test=wn_test - off(s))
         for lr in (0.1, 1.0)
-        for s in (0, 1)
+        for s in seeds
     ]
     st = study({"bn": bn, "wn": wn}, scheme_metrics=metrics)
     return {s.name: summarize_scheme(s) for s in st.schemes}
@@ -51,8 +58,33 @@ def test_claim1_not_measured_without_bn_or_wn_family():
     assert claim_generalization({"bn": s["bn"]}).verdict == NOT_MEASURED
 
 
+def test_claim1_same_means_with_a_wider_seed_spread_is_inconclusive():
+    tight = claim_generalization(summaries(bn_test=0.76, wn_test=0.71, seeds=(0, 1, 2, 3), spread=0.005))
+    wide = claim_generalization(summaries(bn_test=0.76, wn_test=0.71, seeds=(0, 1, 2, 3), spread=0.08))
+    assert tight.evidence["wn"]["test_minus_bn"] == pytest.approx(wide.evidence["wn"]["test_minus_bn"])
+    assert tight.verdict == CONFIRMED
+    assert wide.verdict == INCONCLUSIVE
+    ci = wide.evidence["wn"]["test_minus_bn_ci"]
+    assert ci["lo"] < 0 < ci["hi"] and ci["level"] == 0.95
+    assert "95% CI" in wide.reason
+
+
+def test_claim1_with_one_seed_has_no_interval_and_is_inconclusive():
+    c = claim_generalization(summaries(seeds=(0,)))
+    assert c.verdict == INCONCLUSIVE and c.evidence["wn"]["test_minus_bn_ci"] is None
+
+
+def test_claim2_few_trials_are_inconclusive_many_are_confirmed():
+    few = claim_stability(summaries(wn_div_lrs=(1.0,)))  # 2/4 vs 0/6: the interval still holds 0
+    assert few.verdict == INCONCLUSIVE
+    ci = few.evidence["wn"]["rate_minus_bn_ci"]
+    assert ci["lo"] < 0 < ci["hi"]
+    many = claim_stability(summaries(wn_div_lrs=(1.0,), seeds=tuple(range(8))))  # 8/16 vs 0/24
+    assert many.verdict == CONFIRMED and many.evidence["wn"]["rate_minus_bn_ci"]["lo"] > 0
+
+
 def test_claim2_compares_divergence_over_the_common_lr_range():
-    c = claim_stability(summaries(wn_div_lrs=(1.0,)))
+    c = claim_stability(summaries(wn_div_lrs=(1.0,), seeds=tuple(range(8))))
     assert c.verdict == CONFIRMED
     assert c.evidence["wn"]["lr_range"] == [0.1, 1.0]
     assert c.evidence["wn"]["divergence_rate"] == 0.5 and c.evidence["wn"]["bn_divergence_rate"] == 0.0
@@ -61,22 +93,32 @@ def test_claim2_compares_divergence_over_the_common_lr_range():
 
 def test_claim2_not_confirmed_when_nothing_diverges_and_not_measured_without_overlap():
     c = claim_stability(summaries(wn_div_lrs=()))
-    assert c.verdict == NOT_CONFIRMED and "widen the learning-rate grid" in c.reason
+    assert c.verdict == INCONCLUSIVE and "widen the learning-rate grid" in c.reason
+    # BN failing where WN trains, with enough trials, contradicts the claim
+    flipped = claim_stability(summaries(wn_div_lrs=(), bn_lrs=(0.1, 1.0), seeds=tuple(range(8))))
+    assert flipped.verdict == INCONCLUSIVE  # 0 vs 0: no effect either way
     assert claim_stability(summaries(bn_lrs=(10.0,))).verdict == NOT_MEASURED
 
 
 def test_claim3_needs_norm_share_for_bn_and_a_wn_family_scheme():
     assert claim_cost(summaries()).verdict == NOT_MEASURED
     assert claim_cost(summaries(metrics={"bn": {"norm_share": 0.3}})).verdict == NOT_MEASURED
-    both = {"bn": {"norm_share": 0.3, "conv_share": 0.5}, "wn": {"norm_share": 0.05}}
+    rep = {"norm_share_std": 0.01, "profile_repeats": 5}
+    both = {"bn": {"norm_share": 0.3, "conv_share": 0.5, **rep}, "wn": {"norm_share": 0.05, **rep}}
     c = claim_cost(summaries(metrics=both))
     assert c.verdict == CONFIRMED and "BN 30.0%" in c.reason
-    flipped = {"bn": {"norm_share": 0.05}, "wn": {"norm_share": 0.3}}
+    assert c.evidence["wn"]["bn_minus_share_ci"]["lo"] > 0
+    flipped = {"bn": {"norm_share": 0.05, **rep}, "wn": {"norm_share": 0.3, **rep}}
     assert claim_cost(summaries(metrics=flipped)).verdict == NOT_CONFIRMED
+    noisy = {"bn": {"norm_share": 0.3, "norm_share_std": 0.3, "profile_repeats": 3},
+             "wn": {"norm_share": 0.25, "norm_share_std": 0.3, "profile_repeats": 3}}
+    assert claim_cost(summaries(metrics=noisy)).verdict == INCONCLUSIVE
+    one_profile = {"bn": {"norm_share": 0.3}, "wn": {"norm_share": 0.05}}
+    assert claim_cost(summaries(metrics=one_profile)).verdict == INCONCLUSIVE
 
 
 def test_paper_comparison_rows_use_the_studys_numbers():
-    s = summaries(metrics={"bn": {"norm_share": 0.3, "conv_share": 0.5}})
+    s = summaries(metrics={"bn": {"norm_share": 0.3, "conv_share": 0.5}}, seeds=tuple(range(8)))
     claims = evaluate_claims(s)
     rows = {r["quantity"]: r for r in paper_comparison(claims, s, {"model.arch": "resnet_cifar"})}
     assert rows["Test top-1, WN-family − BN"]["paper"] == "≈ −6 pts"
