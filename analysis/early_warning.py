@@ -12,8 +12,13 @@ passes). All thresholds live in :class:`Thresholds` (documented in docs/report.m
   ``sharpness_lr`` (gradient descent's edge of stability is sharpness = 2/lr).
 
 For a diverged trial the *lead time* is divergence step − first warning step, counted only when the
-warning came strictly before the divergence step. For a stable trial any warning is a *false alarm*.
+warning came strictly before the divergence step. For a stable trial any warning is a *false alarm*;
+collapsed trials (finite at chance) are failures, so they count neither way.
 The ``any`` signal is the earliest warning of all signals measured on the trial.
+
+Uncertainty (95%): detection and false-alarm rates carry Wilson score intervals over the trials they
+count; the median lead time carries the distribution-free order-statistic interval of a median (ranks
+from the Binomial(n, ½) quantiles; [min, max] when n is too small for more).
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from scipy import stats as sps
+
 from analysis.collect import Curve, TrialData
+from analysis.intervals import LEVEL, wilson
 
 
 @dataclass(frozen=True)
@@ -113,16 +121,31 @@ class SignalStats:
     n_stable: int = 0  # stable trials where the signal was measured
     n_false_alarms: int = 0
     false_alarm_rate: float | None = None
+    detection_rate_ci: list[float] | None = None  # 95% Wilson
+    false_alarm_rate_ci: list[float] | None = None  # 95% Wilson
+    lead_median_ci: list[float] | None = None  # 95% order-statistic interval of the median
 
     def finish(self) -> SignalStats:
         if self.n_diverged:
             self.detection_rate = self.n_warned / self.n_diverged
+            self.detection_rate_ci = list(wilson(self.n_warned, self.n_diverged))
         if self.lead_steps:
             self.lead_median = statistics.median(self.lead_steps)
             self.lead_min, self.lead_max = min(self.lead_steps), max(self.lead_steps)
+            self.lead_median_ci = median_interval(self.lead_steps)
         if self.n_stable:
             self.false_alarm_rate = self.n_false_alarms / self.n_stable
+            self.false_alarm_rate_ci = list(wilson(self.n_false_alarms, self.n_stable))
         return self
+
+
+def median_interval(values: list[int] | list[float]) -> list[float]:
+    """95% distribution-free interval for the median: order statistics x_(k) and x_(n−k+1), k from the
+    Binomial(n, ½) lower quantile; [min, max] while n is too small for a narrower interval."""
+    xs, n = sorted(values), len(values)
+    k = int(sps.binom.ppf((1 - LEVEL) / 2, n, 0.5))  # P(X ≤ k−1) ≤ 2.5% for the rank below
+    k = max(k, 1)
+    return [float(xs[k - 1]), float(xs[n - k])]
 
 
 @dataclass
@@ -156,6 +179,8 @@ def evaluate(trials: Iterable[TrialData], th: Thresholds = THRESHOLDS) -> EarlyW
         div = divergence_step(t) if t.diverged else None
         if t.diverged and div is None:
             continue
+        if not t.diverged and getattr(t, "collapsed", False):
+            continue  # a failure: neither a detection nor a false alarm
         rec = {"trial_id": t.trial_id, "scheme": t.scheme, "divergence_step": div, "signals": {}}
         for s in signals:
             measured, step = first_warning(t, s, th)

@@ -134,3 +134,24 @@ def test_recommend_needs_a_diverged_trial():
 @pytest.mark.parametrize("signal", ["grad_norm", "update_ratio_max", "spike_ratio", "sharpness_lr", "any"])
 def test_signals_without_curves_are_not_measured(signal):
     assert first_warning(trial("bn", 0.1, 0, train=0.5, test=0.4), signal) == (False, None)
+
+
+def test_rates_and_median_lead_carry_95_percent_intervals():
+    from analysis.early_warning import SignalStats, median_interval
+
+    st = SignalStats(n_diverged=10, n_warned=8, lead_steps=[3, 5, 6, 7, 8, 9, 12, 30], n_stable=20,
+                     n_false_alarms=2).finish()
+    lo, hi = st.detection_rate_ci
+    assert lo < st.detection_rate < hi and 0 <= lo and hi <= 1
+    flo, fhi = st.false_alarm_rate_ci
+    assert flo < 0.1 < fhi
+    mlo, mhi = st.lead_median_ci
+    assert mlo <= st.lead_median <= mhi and mlo >= 3 and mhi <= 30
+    # more trials, same proportions: narrower intervals
+    wide = SignalStats(n_diverged=10, n_warned=8, n_stable=20, n_false_alarms=2).finish()
+    narrow = SignalStats(n_diverged=100, n_warned=80, n_stable=200, n_false_alarms=20).finish()
+    assert (narrow.detection_rate_ci[1] - narrow.detection_rate_ci[0]) < (wide.detection_rate_ci[1]
+                                                                          - wide.detection_rate_ci[0])
+    assert median_interval([4, 5]) == [4.0, 5.0]  # too few for better than [min, max]
+    big = median_interval(list(range(1, 101)))
+    assert 35 <= big[0] < 50.5 < big[1] <= 65
