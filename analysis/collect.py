@@ -53,6 +53,11 @@ class TrialData:
     divergence_layer: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # latest value of every metric
     curves: dict[str, Curve] = field(default_factory=dict)
+    # Collapsed: finite to the end but at chance (trainers/divergence.py's collapse rule); never also diverged.
+    collapsed: bool = False
+    collapse_cause: str | None = None  # "dead_relu" | "chance_accuracy"; None when untagged
+    collapse_step: int | None = None
+    collapse_layer: str | None = None  # the stage ("layer2", ...)
 
     @property
     def lr(self) -> float | None:
@@ -70,8 +75,22 @@ class TrialData:
 
     @property
     def finished(self) -> bool:
-        """Diverged, or trained to the end (it has a final test accuracy)."""
+        """Diverged, or trained to the end (it has a final test accuracy; a collapsed trial has one)."""
         return self.diverged or self.final("final_test_top1") is not None
+
+    @property
+    def failed(self) -> bool:
+        """Diverged or collapsed: not a stable trial, whatever its final accuracy."""
+        return self.diverged or self.collapsed
+
+    @property
+    def outcome(self) -> str:
+        """``diverged``, ``collapsed``, ``stable`` (finished otherwise) or ``unfinished``."""
+        if self.diverged:
+            return "diverged"
+        if self.collapsed:
+            return "collapsed"
+        return "stable" if self.finished else "unfinished"
 
     @property
     def stages(self) -> list[str]:
@@ -215,6 +234,14 @@ def trial_from_run(run, scheme: str) -> TrialData:
     step = _int_or_none(tags.get("divergence_step"))
     if step is None and diverged:
         step = _int_or_none(metrics.get("divergence_step"))
+    # collapsed: the loop's summary metric collapsed=1 (or tags collapsed/outcome where the trial sets them);
+    # its cause and layer are strings, so they come from tags only
+    collapsed = not diverged and (
+        tags.get("collapsed") == "1" or tags.get("outcome") == "collapsed" or metrics.get("collapsed") == 1
+    )
+    c_step = _int_or_none(tags.get("collapse_step"))
+    if c_step is None and collapsed:
+        c_step = _int_or_none(metrics.get("collapse_step"))
     return TrialData(
         run_id=run.info.run_id,
         trial_id=tags.get("normstudy.trial_id") or run.info.run_name or run.info.run_id,
@@ -227,6 +254,10 @@ def trial_from_run(run, scheme: str) -> TrialData:
         divergence_step=step if diverged else None,
         divergence_layer=tags.get("divergence_layer") if diverged else None,
         metrics=metrics,
+        collapsed=collapsed,
+        collapse_cause=tags.get("collapse_cause") if collapsed else None,
+        collapse_step=c_step if collapsed else None,
+        collapse_layer=tags.get("collapse_layer") if collapsed else None,
     )
 
 

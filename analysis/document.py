@@ -16,7 +16,7 @@ from analysis.early_warning import ANY, SIGNALS, EarlyWarning
 from analysis.render import Image, Section, Table
 from analysis.summarize import ConfigGroup, SchemeSummary
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: collapsed trials are failures (stable = neither diverged nor collapsed)
 MAX_ROWS = 60  # longer per-trial tables are cut in md/html (report.json keeps every row)
 
 
@@ -32,6 +32,8 @@ def _best(b: ConfigGroup | None) -> dict[str, Any] | None:
         "seeds": b.seeds,
         "n_seeds": b.n,
         "n_diverged": b.n_diverged,
+        "n_collapsed": b.n_collapsed,
+        "n_failed": b.n_failed,
         "all_seeds_stable": b.all_seeds_stable,
         "train_top1": _stat(b.train_top1),
         "test_top1": _stat(b.test_top1),
@@ -48,6 +50,11 @@ def scheme_data(s: SchemeSummary) -> dict[str, Any]:
         "n_diverged": s.n_diverged,
         "divergence_rate": s.divergence_rate,
         "divergence_causes": s.divergence_causes,
+        "n_collapsed": s.n_collapsed,
+        "collapse_rate": s.collapse_rate,
+        "collapse_causes": s.collapse_causes,
+        "n_failed": s.n_failed,
+        "failure_rate": s.failure_rate,
         "best": _best(s.best),
         "stability_map": {
             "lrs": m.lrs,
@@ -58,6 +65,7 @@ def scheme_data(s: SchemeSummary) -> dict[str, Any]:
         },
         "divergence_by_lr": s.divergence_by_lr,
         "diverged_trials": s.diverged_trials,
+        "collapsed_trials": s.collapsed_trials,
         "step_time_s": _stat(s.step_time_s),
         "norm_share": s.norm_share,
         "conv_share": s.conv_share,
@@ -147,8 +155,9 @@ def _study_section(d: dict) -> Section:
                     ["generated", d["generated_at"]],
                 ],
             ),
-            "Accuracies are final top-1 fractions shown as %; means ± sample standard deviation over seeds; "
-            "every rate counts finished trials only (trained to the end or diverged).",
+            "Accuracies are final top-1 fractions shown as %; means ± sample standard deviation over stable "
+            "seeds; every rate counts finished trials only (trained to the end or diverged). A trial *failed* "
+            "when it diverged or collapsed (stayed finite but ended at chance accuracy); stable = neither.",
         ],
     )
 
@@ -186,17 +195,18 @@ def _schemes_section(d: dict, out: Path) -> Section:
     for name, s in d["schemes"].items():
         b = s["best"]
         causes = ", ".join(f"{c} ×{n}" for c, n in s["divergence_causes"].items()) or "—"
+        collapses = ", ".join(f"{c} ×{n}" for c, n in s["collapse_causes"].items())
         rows.append(
             [
                 name,
-                _config(b["config"]) + ("" if b["all_seeds_stable"] else " (a seed diverged)")
-                if b
-                else "no stable trial",
+                _config(b["config"]) + ("" if b["all_seeds_stable"] else f" ({_lost(b)})") if b else "no stable trial",
                 fmt_stat(b["train_top1"]) if b else "n/a",
                 fmt_stat(b["test_top1"]) if b else "n/a",
                 fmt_stat(b["gap"]).replace("%", " pts") if b else "n/a",
                 f"{s['n_diverged']}/{s['n_finished']} ({pct(s['divergence_rate'])})",
                 causes,
+                f"{s['n_collapsed']}/{s['n_finished']} ({pct(s['collapse_rate'])})"
+                + (f": {collapses}" if collapses else ""),
             ]
         )
     return Section(
@@ -204,7 +214,7 @@ def _schemes_section(d: dict, out: Path) -> Section:
         "Per-scheme results",
         [
             "Best configuration = the hyperparameters (seed aside) with the highest mean final test top-1 "
-            "among configurations where no seed diverged.",
+            "among configurations where no seed diverged or collapsed.",
             Table(
                 [
                     "scheme",
@@ -214,6 +224,7 @@ def _schemes_section(d: dict, out: Path) -> Section:
                     "gap (train − test)",
                     "diverged / finished",
                     "divergence causes",
+                    "collapsed / finished: causes",
                 ],
                 rows,
             ),
@@ -238,17 +249,26 @@ def _stability_section(d: dict, out: Path) -> Section:
         "stability",
         "Stability maps",
         [
-            "Each cell: mean final test top-1 of the trials at that learning rate and init scale; × marks a "
-            "cell where a seed diverged (k/n seeds); the pink outline is the largest stable learning rate of "
-            "its row — the largest lr tried at which no seed diverged.",
+            "Each cell: mean final test top-1 of the stable trials at that learning rate and init scale; × marks "
+            "a cell where a seed diverged, ○ one where a seed collapsed — stayed finite but ended at chance "
+            "accuracy (k/n seeds); the pink outline is the largest stable learning rate of its row — the "
+            "largest lr tried at which no seed diverged or collapsed.",
             *maps,
             Table(["scheme", "largest stable learning rate per init scale (init scale → lr)"], rows),
         ],
     )
 
 
+def _lost(b: Mapping[str, Any]) -> str:
+    """What the best configuration's failed seeds did, in words."""
+    parts = [f"{b['n_diverged']} diverged"] if b["n_diverged"] else []
+    parts += [f"{b['n_collapsed']} collapsed"] if b.get("n_collapsed") else []
+    return (" and ".join(parts) or "a seed failed") + f" of {b['n_seeds']} seeds"
+
+
 def _divergence_section(d: dict, out: Path) -> Section:
-    trials = [(n, t) for n, s in d["schemes"].items() for t in s["diverged_trials"]]
+    trials = [(n, "diverged", t) for n, s in d["schemes"].items() for t in s["diverged_trials"]]
+    trials += [(n, "collapsed", t) for n, s in d["schemes"].items() for t in s["collapsed_trials"]]
     rows = [
         [
             n,
@@ -256,14 +276,28 @@ def _divergence_section(d: dict, out: Path) -> Section:
             _g(t["lr"]),
             _scale(t["init_scale"]),
             _g(t["seed"]),
+            outcome,
             _g(t["step"]),
             t["cause"] or "—",
             t["layer"] or "—",
         ]
-        for n, t in trials[:MAX_ROWS]
+        for n, outcome, t in trials[:MAX_ROWS]
     ]
+    n_div = sum(s["n_diverged"] for s in d["schemes"].values())
+    n_col = sum(s["n_collapsed"] for s in d["schemes"].values())
+    n_fin = sum(s["n_finished"] for s in d["schemes"].values())
     blocks: list = [
-        *_img(out, d["plots"].get("divergence_vs_lr"), "Share of trials that diverged at each learning rate.")
+        *_img(
+            out,
+            d["plots"].get("divergence_vs_lr"),
+            "Share of trials that diverged at each learning rate; dotted, for a scheme with collapses, the share "
+            "that diverged or collapsed.",
+        ),
+        f"{n_div} of {n_fin} finished trials diverged and {n_col} collapsed. A collapse is a run that stayed "
+        "finite but ended at chance accuracy (the collapse rule in docs/report.md): `dead_relu` when most of "
+        "a stage's channels had died (step = the first detailed step past the threshold, layer = that "
+        "stage), `chance_accuracy` when none had but the train loss sat at a uniform guess's (step = the "
+        "last step).",
     ]
     if rows:
         blocks.append(
@@ -274,18 +308,21 @@ def _divergence_section(d: dict, out: Path) -> Section:
                     "lr",
                     "init scale",
                     "seed",
-                    "diverged at step",
+                    "outcome",
+                    "at step",
                     "cause",
-                    "layer that moved most",
+                    "layer (diverged: the parameter that moved most; collapsed: the stage)",
                 ],
                 rows,
             )
         )
         if len(trials) > MAX_ROWS:
-            blocks.append(f"First {MAX_ROWS} of {len(trials)} diverged trials; report.json lists all.")
+            blocks.append(
+                f"First {MAX_ROWS} of {len(trials)} diverged and collapsed trials; report.json lists all."
+            )
     else:
-        blocks.append("No trial diverged.")
-    return Section("divergence", "Divergence", blocks)
+        blocks.append("No trial diverged or collapsed.")
+    return Section("divergence", "Divergence and collapse", blocks)
 
 
 def _ew_row(label: list[str], st: Mapping[str, Any]) -> list[str]:

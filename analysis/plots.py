@@ -33,6 +33,8 @@ SCHEME_COLORS = {
 }
 FALLBACK_COLORS = ("#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
 DPI = 110
+DIVERGED_INK = "#b2182b"  # × on a stability-map cell where a seed diverged
+COLLAPSED_INK = "#6a3d9a"  # hollow ○ where a seed collapsed (finite, at chance)
 
 
 def scheme_color(name: str) -> str:
@@ -104,7 +106,7 @@ def plot_stability_map(s: SchemeSummary, path: Path, vrange: tuple[float, float]
         if c.test_top1 is not None:
             ax.text(
                 cx,
-                cy + (0.18 if c.n_diverged else 0),
+                cy + (0.18 if c.n_failed else 0),
                 f"{c.test_top1 * 100:.1f}%",
                 ha="center",
                 va="center",
@@ -112,19 +114,24 @@ def plot_stability_map(s: SchemeSummary, path: Path, vrange: tuple[float, float]
                 color=ink,
                 fontweight="bold",
             )
-        if c.n_diverged:
-            ax.plot(
-                [cx],
-                [cy if c.test_top1 is None else cy - 0.12],
-                marker="x",
-                markersize=16,
-                mew=3,
-                color="#b2182b",
+        # the failure markers: × diverged, ○ collapsed; side by side (log-axis offsets) when a cell has both
+        marks = [(m, n) for m, n in (("x", c.n_diverged), ("o", c.n_collapsed)) if n]
+        shift = (xe[i + 1] / xe[i]) ** 0.17
+        for k, (marker, _) in enumerate(marks):
+            mx = cx * shift ** (k - (len(marks) - 1) / 2) if len(marks) > 1 else cx
+            style = (
+                {"marker": "x", "markersize": 16, "mew": 3, "color": DIVERGED_INK}
+                if marker == "x"
+                else {"marker": "o", "markersize": 13, "mew": 2.5, "mfc": "none", "color": COLLAPSED_INK}
             )
+            ax.plot([mx], [cy if c.test_top1 is None else cy - 0.12], ls="", **style)
+        if marks:
+            counts = [f"{c.n_diverged}/{c.n} diverged"] if c.n_diverged else []
+            counts += [f"{c.n_collapsed}/{c.n} collapsed"] if c.n_collapsed else []
             ax.text(
                 cx,
                 cy - 0.36,
-                f"{c.n_diverged}/{c.n} diverged",
+                counts[0] if len(counts) == 1 else f"{c.n_diverged}/{c.n} div., {c.n_collapsed}/{c.n} coll.",
                 ha="center",
                 va="center",
                 fontsize=7.5,
@@ -161,17 +168,28 @@ def plot_stability_map(s: SchemeSummary, path: Path, vrange: tuple[float, float]
                 [],
                 [],
                 marker="x",
-                color="#b2182b",
+                color=DIVERGED_INK,
                 mew=3,
                 ls="",
                 markersize=10,
                 label="a seed diverged (k/n)",
             ),
+            Line2D(
+                [],
+                [],
+                marker="o",
+                color=COLLAPSED_INK,
+                mfc="none",
+                mew=2.5,
+                ls="",
+                markersize=9,
+                label="a seed collapsed: finite, at chance (k/n)",
+            ),
             Patch(facecolor="none", edgecolor="#e7298a", lw=2.5, label="largest stable lr"),
             Patch(facecolor="#d0d0d0", label="no stable trial"),
         ],
         loc="outside lower center",
-        ncol=3,
+        ncol=2,
         fontsize=8,
         frameon=False,
     )
@@ -256,10 +274,12 @@ def plot_divergence_vs_lr(summaries: Mapping[str, SchemeSummary], path: Path) ->
         return None
     fig, axes = new_figure(7.5, 4.4)
     ax = axes[0, 0]
+    any_collapse = False
     for k, s in enumerate(rows):
         lrs = [r["lr"] for r in s.divergence_by_lr]
         # Offset overlapping lines a little so every scheme stays visible where rates coincide.
-        rates = [r["rate"] * 100 + (k - (len(rows) - 1) / 2) * 0.6 for r in s.divergence_by_lr]
+        nudge = (k - (len(rows) - 1) / 2) * 0.6
+        rates = [r["rate"] * 100 + nudge for r in s.divergence_by_lr]
         ax.plot(
             lrs,
             rates,
@@ -268,6 +288,18 @@ def plot_divergence_vs_lr(summaries: Mapping[str, SchemeSummary], path: Path) ->
             lw=2,
             label=f"{s.name} ({s.n_finished} trials)",
         )
+        if any(r.get("n_collapsed") for r in s.divergence_by_lr):  # failures including collapses, dotted
+            any_collapse = True
+            ax.plot(
+                lrs,
+                [r.get("failure_rate", r["rate"]) * 100 + nudge for r in s.divergence_by_lr],
+                marker="o",
+                mfc="none",
+                ls=":",
+                color=scheme_color(s.name),
+                lw=2,
+                label=f"{s.name}: diverged or collapsed",
+            )
     ax.set_xscale("log")
     lrs = sorted({r["lr"] for s in rows for r in s.divergence_by_lr})
     if len(lrs) <= 12:  # label the lrs tried, in plain numbers
@@ -275,10 +307,11 @@ def plot_divergence_vs_lr(summaries: Mapping[str, SchemeSummary], path: Path) ->
         ax.set_xticks([], minor=True)
     ax.set_ylim(-5, 105)
     ax.set_xlabel("learning rate (log scale)")
-    ax.set_ylabel("trials diverged (%)")
+    ax.set_ylabel("trials diverged (%)" + (" / failed (%, dotted)" if any_collapse else ""))
     ax.set_title(
         "Divergence rate vs learning rate (all init scales and seeds)\n"
-        "(lines nudged apart by < 2 pts where they overlap)",
+        + ("dotted: diverged or collapsed (finite, at chance)\n" if any_collapse else "")
+        + "(lines nudged apart by < 2 pts where they overlap)",
         fontsize=10,
     )
     ax.grid(alpha=0.3)

@@ -1,11 +1,14 @@
 """Per-scheme numbers of the stability report: pure functions over :mod:`analysis.collect`'s dataclasses.
 
-- a *configuration* is a trial's sampled hyperparameters without the seed; its seeds give mean ± std;
+- a trial *failed* when it diverged or collapsed (finite to the end but at chance: trainers/divergence.py);
+  a *stable* trial is a finished one that did neither. Collapsed trials have final accuracies, but those
+  never enter a mean, a best configuration or a stable cell;
+- a *configuration* is a trial's sampled hyperparameters without the seed; its stable seeds give mean ± std;
 - the *best configuration* is the one with the highest mean final test top-1 among configurations where
-  no seed diverged (if every configuration lost a seed, among those with at least one stable seed);
+  no seed failed (if every configuration lost a seed, among those with at least one stable seed);
 - the *stability map* is learning rate × init scale (one row "-" for schemes without an init scale);
   a cell aggregates every trial at that point, whatever its other hyperparameters;
-- the *largest stable learning rate* of an init scale is the largest lr tried at which no seed diverged.
+- the *largest stable learning rate* of an init scale is the largest lr tried at which no seed failed.
 """
 
 from __future__ import annotations
@@ -53,13 +56,19 @@ class ConfigGroup:
     trial_ids: list[str]
     n: int
     n_diverged: int
-    train_top1: Stat  # over the seeds that did not diverge
+    train_top1: Stat  # over the stable seeds (neither diverged nor collapsed)
     test_top1: Stat
     gap: Stat
+    n_collapsed: int = 0
+
+    @property
+    def n_failed(self) -> int:
+        """Seeds that diverged or collapsed."""
+        return self.n_diverged + self.n_collapsed
 
     @property
     def all_seeds_stable(self) -> bool:
-        return self.n_diverged == 0
+        return self.n_failed == 0
 
 
 def group_configs(trials: Sequence[TrialData]) -> list[ConfigGroup]:
@@ -70,28 +79,30 @@ def group_configs(trials: Sequence[TrialData]) -> list[ConfigGroup]:
             groups[tuple(sorted(t.hp.items(), key=lambda kv: kv[0]))].append(t)
     out = []
     for key, ts in groups.items():
-        ok = [t for t in ts if not t.diverged]
+        ok = [t for t in ts if not t.failed]
         out.append(
             ConfigGroup(
                 config=dict(key),
                 seeds=[t.seed for t in ts],
                 trial_ids=[t.trial_id for t in ts],
                 n=len(ts),
-                n_diverged=len(ts) - len(ok),
+                n_diverged=sum(t.diverged for t in ts),
                 train_top1=stat(t.final("final_train_top1") for t in ok),
                 test_top1=stat(t.final("final_test_top1") for t in ok),
                 gap=stat(gap_of(t) for t in ok),
+                n_collapsed=sum(t.collapsed for t in ts),
             )
         )
     return out
 
 
 def best_config(groups: Sequence[ConfigGroup]) -> ConfigGroup | None:
-    """Highest mean test top-1 among all-seeds-stable groups; failing those, groups with a stable seed."""
+    """Highest mean test top-1 among all-seeds-stable groups; failing those, groups with a stable seed.
+    A group whose every seed diverged or collapsed has no test mean and is never the best."""
     for pool in ([g for g in groups if g.all_seeds_stable], list(groups)):
         pool = [g for g in pool if g.test_top1.mean is not None]
         if pool:
-            return max(pool, key=lambda g: (g.test_top1.mean, -g.n_diverged))
+            return max(pool, key=lambda g: (g.test_top1.mean, -g.n_failed))
     return None
 
 
@@ -121,10 +132,23 @@ class Cell:
     n: int
     n_diverged: int
     test_top1: float | None  # mean over the cell's stable trials
+    n_collapsed: int = 0
+
+    @property
+    def n_failed(self) -> int:
+        return self.n_diverged + self.n_collapsed
 
     @property
     def status(self) -> str:
-        return "stable" if self.n_diverged == 0 else "diverged" if self.n_diverged == self.n else "mixed"
+        """``stable`` (no trial failed), ``mixed`` (some stable, some diverged or collapsed), ``diverged`` or
+        ``collapsed`` (every trial did that), ``failed`` (every trial failed, some each way)."""
+        if self.n_failed == 0:
+            return "stable"
+        if self.n_failed < self.n:
+            return "mixed"
+        if self.n_diverged == self.n:
+            return "diverged"
+        return "collapsed" if self.n_collapsed == self.n else "failed"
 
 
 @dataclass
@@ -153,25 +177,28 @@ def stability_map(trials: Sequence[TrialData]) -> StabilityMap:
             s,
             len(ts),
             sum(t.diverged for t in ts),
-            stat(t.final("final_test_top1") for t in ts if not t.diverged).mean,
+            stat(t.final("final_test_top1") for t in ts if not t.failed).mean,
+            sum(t.collapsed for t in ts),
         )
         for (lr, s), ts in sorted(by_cell.items(), key=lambda kv: (kv[0][1] or 0.0, kv[0][0]))
     ]
     init_scales = sorted({c.init_scale for c in cells}, key=lambda s: s or 0.0)
     largest = []
     for s in init_scales:
-        stable = [c.lr for c in cells if c.init_scale == s and c.n_diverged == 0]
+        stable = [c.lr for c in cells if c.init_scale == s and c.n_failed == 0]
         largest.append({"init_scale": s, "lr": max(stable) if stable else None})
     return StabilityMap(sorted({c.lr for c in cells}), init_scales, cells, largest, binned)
 
 
 def divergence_by_lr(smap: StabilityMap) -> list[dict[str, float | int]]:
-    """Share of trials that diverged at each learning rate (all init scales together)."""
+    """Per learning rate (all init scales together): the share of trials that diverged (``rate``), that
+    collapsed (``collapse_rate``) and that failed either way (``failure_rate``)."""
     out = []
     for lr in smap.lrs:
         cs = [c for c in smap.cells if c.lr == lr]
-        n, d = sum(c.n for c in cs), sum(c.n_diverged for c in cs)
-        out.append({"lr": lr, "n": n, "n_diverged": d, "rate": d / n})
+        n, d, k = sum(c.n for c in cs), sum(c.n_diverged for c in cs), sum(c.n_collapsed for c in cs)
+        out.append({"lr": lr, "n": n, "n_diverged": d, "rate": d / n, "n_collapsed": k, "collapse_rate": k / n,
+                    "n_failed": d + k, "failure_rate": (d + k) / n})
     return out
 
 
@@ -196,15 +223,21 @@ class SchemeSummary:
     norm_share: float | None
     conv_share: float | None
     profile_step_time_s: float | None
+    n_collapsed: int = 0  # finished finite at chance (never also counted in n_diverged)
+    collapse_rate: float | None = None  # n_collapsed / n_finished
+    collapse_causes: dict[str, int] = field(default_factory=dict)
+    collapsed_trials: list[dict[str, Any]] = field(default_factory=list)
+    n_failed: int = 0  # n_diverged + n_collapsed: the trials that are not stable
+    failure_rate: float | None = None  # n_failed / n_finished
     representative_stable: str | None = None  # trial ids whose curves the report plots
     representative_diverged: str | None = None
     groups: list[ConfigGroup] = field(default_factory=list, repr=False)
 
 
 def representatives(trials: Sequence[TrialData], best: ConfigGroup | None) -> tuple[str | None, str | None]:
-    """Stable: the best configuration's lowest-seed stable trial (else the most accurate stable trial).
-    Diverged: the diverged trial at the smallest learning rate, the one nearest the stable region."""
-    stable = [t for t in trials if t.finished and not t.diverged]
+    """Stable: the best configuration's lowest-seed stable trial (else the most accurate stable trial; never
+    a collapsed one). Diverged: the diverged trial at the smallest learning rate, nearest the stable region."""
+    stable = [t for t in trials if t.finished and not t.failed]
     pick = None
     if best is not None:
         in_best = [t for t in stable if t.trial_id in best.trial_ids]
@@ -221,10 +254,24 @@ def _share(metrics: dict[str, float], key: str) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
+def _trial_row(t: TrialData, cause: str | None, step: int | None, layer: str | None) -> dict[str, Any]:
+    return {
+        "trial_id": t.trial_id,
+        "run_id": t.run_id,
+        "lr": t.lr,
+        "init_scale": t.init_scale,
+        "seed": t.seed,
+        "cause": cause,
+        "step": step,
+        "layer": layer,
+    }
+
+
 def summarize_scheme(scheme: SchemeData) -> SchemeSummary:
     trials = scheme.trials
     finished = [t for t in trials if t.finished]
     diverged = [t for t in finished if t.diverged]
+    collapsed = [t for t in finished if t.collapsed]
     groups = group_configs(trials)
     best = best_config(groups)
     smap = stability_map(trials)
@@ -240,23 +287,25 @@ def summarize_scheme(scheme: SchemeData) -> SchemeSummary:
         best=best,
         stability=smap,
         divergence_by_lr=divergence_by_lr(smap),
-        diverged_trials=[
-            {
-                "trial_id": t.trial_id,
-                "run_id": t.run_id,
-                "lr": t.lr,
-                "init_scale": t.init_scale,
-                "seed": t.seed,
-                "cause": t.divergence_cause,
-                "step": t.divergence_step,
-                "layer": t.divergence_layer,
-            }
-            for t in diverged
-        ],
+        diverged_trials=[_trial_row(t, t.divergence_cause, t.divergence_step, t.divergence_layer) for t in diverged],
         step_time_s=stat(t.final("step_time_mean_s") for t in trials),
         norm_share=_share(scheme.metrics, "norm_share"),
         conv_share=_share(scheme.metrics, "conv_share"),
         profile_step_time_s=_share(scheme.metrics, "profile_step_time_s"),
+        n_collapsed=len(collapsed),
+        collapse_rate=len(collapsed) / len(finished) if finished else None,
+        collapse_causes=dict(Counter(t.collapse_cause or "unknown" for t in collapsed).most_common()),
+        collapsed_trials=[
+            _trial_row(t, t.collapse_cause, t.collapse_step, t.collapse_layer)
+            | {
+                "dead_frac": t.final("collapse_dead_frac"),
+                "train_top1": t.final("final_train_top1"),
+                "test_top1": t.final("final_test_top1"),
+            }
+            for t in collapsed
+        ],
+        n_failed=len(diverged) + len(collapsed),
+        failure_rate=(len(diverged) + len(collapsed)) / len(finished) if finished else None,
         representative_stable=stable_id,
         representative_diverged=diverged_id,
         groups=groups,

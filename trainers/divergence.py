@@ -1,4 +1,5 @@
-"""Divergence statistics of a training run (DESIGN §7) and the rules that call a run diverged.
+"""Divergence statistics of a training run (docs/design.md §7) and the rules that call a run diverged
+or collapsed.
 
 The training loop drives a :class:`DivergenceMonitor` around every optimizer step::
 
@@ -36,13 +37,21 @@ Which parameter "moved most" at the divergence step (``Divergence.layer``):
   before its origin is non-finite too; the last non-finite one is the origin.
 * ``non_finite_loss``: the gradients of a NaN loss are all NaN and say nothing; the layer is the one
   with the largest ‖grad‖ / ‖w‖ at the latest earlier step whose gradients were all finite (normally
-  the step just before, whose update produced the weights that blew up); ``""`` if there is none.
+  the step just before, whose update produced the weights that blew up), in this report interval or
+  an earlier one.
+* No earlier all-finite step to learn from (a NaN at the very first step the monitor sees, or no
+  finite ratio anywhere), the fallback, in this order: the first parameter in forward order whose
+  weights were non-finite (the forward pass turns NaN there; ‖w‖ as below), else the first whose
+  gradient is non-finite at that step, else the largest finite ‖grad‖ / ‖w‖ at that step, else the
+  first multiplicative parameter. A diverged run of an enabled monitor therefore always names a layer.
 * Disabled monitor (no gradient statistics): ``""``.
 
 ‖w‖ in these ratios is the weight norm measured at the latest detailed step at or before the step in
-question (the pre-update snapshot); before the first detailed step it is the norm of the weights at
-flush time. Weight norms drift slowly over one report interval, and a snapshot taken before the blow-up
-stays finite where the weights at flush time may already be NaN.
+question (the pre-update snapshot); before the first detailed step it is the norm of the weights at the
+first step the monitor saw (taken in ``start_step`` as a device tensor and copied in the next flush's
+one transfer, so no extra sync). A snapshot taken before the blow-up stays finite where the weights at
+flush time are already NaN: a NaN loss inside the first report interval still gets a layer. Weight
+norms drift slowly over one report interval, so the ratios' ranking barely depends on which snapshot.
 
 The ratios that pick a layer (the divergence layer, ``update_ratio_max`` and its layer) are taken over
 *multiplicative* parameters only: tensors with ≥ 2 dims (conv/linear weights, WN's ``v``) and 1-d
@@ -63,10 +72,28 @@ the activation modules of the stage (submodules named ``act<k>``). Several forwa
 accumulation) are pooled. The std is √(E[y²] − E[y]²) from a mean and a root-mean-square: two fast
 passes where ``torch.std_mean`` costs ~100× more on CPU.
 
+Collapse (``Collapse``, :class:`CollapseRule`): a run that stays finite to the end but ends at chance is
+neither stable nor diverged. Decided once, after the final evaluation (``DivergenceMonitor.collapse``),
+from the final train top-1 / train loss (fixed train subset, eval mode) and the ``dead_frac/<stage>``
+values of the detailed steps; the thresholds are this module's ``COLLAPSE_*`` constants:
+
+* a trial is a candidate when its final train top-1 ≤ ``COLLAPSE_CHANCE_MULTIPLE`` × chance
+  (1 / number of classes); above that it learned something and is not collapsed;
+* ``dead_relu``: some stage's ``dead_frac`` reached ``COLLAPSE_DEAD_FRAC`` at a detailed step (most of
+  its channels constant over batch and positions). ``layer`` = that stage (the earliest to cross; ties:
+  the larger fraction, then forward order), ``step`` = the first detailed step at which it crossed,
+  ``dead_frac`` = the largest fraction that stage reached;
+* ``chance_accuracy``: no stage crossed, but the final train loss is ≥ ``COLLAPSE_LOSS_FRAC`` × ln(classes)
+  — the model predicts no better than a uniform guess. ``step`` = the last step, ``layer`` = the stage
+  with the largest ``dead_frac`` seen (``""`` without activation statistics).
+* A candidate that neither lost a stage nor sits at the uniform guess's loss (it is at chance but its
+  loss fell: a slow learner) is not collapsed.
+
 Cost (resnet_cifar, 16 px, batch 64, one CPU thread, detailed every 10th step): ≈ 2 % of the step. Per
-step: one ``_foreach_norm`` over the gradients and one ``stack``. Detailed steps: a weight snapshot (one
-extra copy of the parameters, kept allocated between detailed steps), three ``_foreach_norm`` and a few
-reductions per hooked activation. The hooks are registered in ``start_step`` and removed in
+step: one ``_foreach_norm`` over the gradients and one ``stack`` (until a finite weight reference exists,
+also one over the weights per report interval). Detailed steps: a weight snapshot (one extra copy of the
+parameters, kept allocated between detailed steps), three ``_foreach_norm`` and a few reductions per
+hooked activation. The hooks are registered in ``start_step`` and removed in
 ``end_step``; compiled code skips hooks added after compilation, so with ``training.compile`` the loop
 runs detailed steps on the uncompiled model.
 """
@@ -84,17 +111,81 @@ from torch import nn
 
 from study.spec import DivergenceSpec
 
-__all__ = ["Divergence", "DivergenceMonitor", "MonitorReport"]
+__all__ = ["Collapse", "CollapseRule", "Divergence", "DivergenceMonitor", "MonitorReport"]
 
 _ACT_NAME = re.compile(r"act\d*")
 _F32 = torch.float32
+
+# Collapse thresholds (module docstring). Constants for now; proposed as DivergenceSpec fields
+# collapse_chance_multiple / collapse_dead_frac / collapse_loss_frac. Measured on the quick model (WN with
+# the classifier's DDI, 40 steps): collapsed runs end at 0.086-0.094 train top-1 (chance 0.10) with a
+# stage 63-96 % dead, healthy and slow-but-learning runs (lr 0.003) at >= 0.20 with 0 % dead.
+COLLAPSE_CHANCE_MULTIPLE = 1.5  # final train top-1 <= 1.5 x chance is "at chance"
+COLLAPSE_DEAD_FRAC = 0.5  # "most of a stage's channels dead" (its dead_frac at a detailed step)
+COLLAPSE_LOSS_FRAC = 0.99  # final train loss >= 0.99 ln(classes): no better than a uniform guess
 
 
 @dataclass
 class Divergence:
     cause: str  # "non_finite_loss" | "non_finite_grad" | "loss_explosion" | "loss_spike"
     step: int  # the optimizer step (as passed to start_step) where it was decided
-    layer: str  # parameter name (model.named_parameters()) that moved most; "" if unknown
+    layer: str  # parameter name (model.named_parameters()) that moved most; "" only if the monitor is off
+
+
+@dataclass
+class Collapse:
+    cause: str  # "dead_relu" | "chance_accuracy"
+    step: int  # first detailed step at which the stage crossed COLLAPSE_DEAD_FRAC; the last step otherwise
+    layer: str  # the stage ("stem", "layer1", ...); "" when no activation statistics were measured
+    dead_frac: float | None = None  # the largest dead fraction that stage reached (None: not measured)
+
+
+class CollapseRule:
+    """The collapse rule (module docstring), plain Python: ``observe`` each stage's dead fraction on the
+    detailed steps in order, then ``verdict`` once with the final train accuracy and loss."""
+
+    def __init__(self, chance_multiple: float = COLLAPSE_CHANCE_MULTIPLE, dead_frac: float = COLLAPSE_DEAD_FRAC,
+                 loss_frac: float = COLLAPSE_LOSS_FRAC) -> None:
+        self.chance_multiple, self.dead_threshold, self.loss_frac = chance_multiple, dead_frac, loss_frac
+        self.first_dead: dict[str, tuple[int, float]] = {}  # stage -> (first step >= threshold, its fraction)
+        self.peak: dict[str, float] = {}  # stage -> largest dead fraction seen
+        self.order: list[str] = []  # stages in the order first seen (forward order)
+
+    def observe(self, step: int, stage: str, dead_frac: float) -> None:
+        if not math.isfinite(dead_frac):
+            return
+        if stage not in self.peak:
+            self.order.append(stage)
+            self.peak[stage] = dead_frac
+        self.peak[stage] = max(self.peak[stage], dead_frac)
+        if dead_frac >= self.dead_threshold and stage not in self.first_dead:
+            self.first_dead[stage] = (int(step), dead_frac)
+
+    def verdict(self, final_train_top1: float | None, final_train_loss: float | None, num_classes: int,
+                last_step: int) -> Collapse | None:
+        """The collapse of a run that ended finite, or None (it learned, or its ending is unmeasured)."""
+        if final_train_top1 is None or not math.isfinite(final_train_top1) or num_classes < 2:
+            return None
+        if final_train_top1 > self.chance_multiple / num_classes * (1 + 1e-9):  # 'at most', float-safe
+            return None
+        if self.first_dead:
+            stage = min(self.first_dead, key=lambda n: (self.first_dead[n][0], -self.first_dead[n][1],
+                                                        self.order.index(n)))
+            return Collapse("dead_relu", self.first_dead[stage][0], stage, self.peak[stage])
+        uniform = math.log(num_classes)
+        if final_train_loss is not None and final_train_loss >= self.loss_frac * uniform:  # NaN: not >=
+            stage = max(self.order, key=lambda n: (self.peak[n], -self.order.index(n)), default="")
+            return Collapse("chance_accuracy", int(last_step), stage, self.peak.get(stage))
+        return None
+
+    def state_dict(self) -> dict:
+        return {"first_dead": {k: list(v) for k, v in self.first_dead.items()}, "peak": dict(self.peak),
+                "order": list(self.order)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.first_dead = {k: (int(v[0]), float(v[1])) for k, v in state.get("first_dead", {}).items()}
+        self.peak = {k: float(v) for k, v in state.get("peak", {}).items()}
+        self.order = list(state.get("order", self.peak))
 
 
 @dataclass
@@ -143,6 +234,8 @@ class DivergenceMonitor:
         self._last_step = 0
         self._last_finite_layer = ""  # largest grad/weight ratio at the latest all-finite-grad step
         self._wnorm_ref: list[float] | None = None  # ‖w‖ per parameter at the latest detailed step
+        self._wnorm_start: torch.Tensor | None = None  # ‖w‖ at the first step while there is no reference
+        self.collapse_rule = CollapseRule()
         self.latest_update_ratio_layer = ""
         self.divergence: Divergence | None = None  # the first divergence ever found
 
@@ -168,6 +261,11 @@ class DivergenceMonitor:
         self._recorded = False
         self._detailed = bool(detailed) and self.enabled
         self._act = {}
+        if self.enabled and self._wnorm_ref is None and self._wnorm_start is None and self._params:
+            # ‖w‖ before this step's forward, until a detailed step gives a reference: a device tensor,
+            # copied with the next flush's transfer (no sync here)
+            with torch.no_grad():
+                self._wnorm_start = torch.stack(torch._foreach_norm(self._params, 2, dtype=_F32))
         if not self._detailed:
             return
         with torch.no_grad():
@@ -225,6 +323,7 @@ class DivergenceMonitor:
         and return their metrics. Clears the buffers."""
         steps, vecs, detail = self._steps, self._vecs, self._detail
         self._steps, self._vecs, self._detail = [], [], {}
+        start, self._wnorm_start = self._wnorm_start, None
         per_step: dict[int, dict[str, float]] = {}
         if not steps:
             return MonitorReport(per_step, {}, None, self.latest_update_ratio_layer)
@@ -233,10 +332,8 @@ class DivergenceMonitor:
         detail_steps = [s for s in steps if s in detail]
         parts = [torch.stack(vecs).reshape(-1)]
         parts += [detail[s].reshape(-1) for s in detail_steps]
-        fallback = self.enabled and self._wnorm_ref is None and n_par > 0
-        if fallback:
-            with torch.no_grad():
-                parts.append(torch.stack(torch._foreach_norm(self._params, 2, dtype=_F32)))
+        if start is not None:
+            parts.append(start)
         dev = parts[0].device
         flat = torch.cat([p.to(dev, _F32) for p in parts]).cpu()  # the ONE host-device sync
 
@@ -250,7 +347,11 @@ class DivergenceMonitor:
         for s in detail_steps:
             dvecs[s] = vals[off: off + d_width]
             off += d_width
-        cur_wnorm = vals[off: off + n_par] if fallback else None
+        start_wnorm = vals[off: off + n_par] if start is not None else None
+        if start_wnorm is not None and self._wnorm_ref is None and all(map(math.isfinite, start_wnorm)):
+            self._wnorm_ref = list(start_wnorm)
+        # the latest weight norms measured at or before the step in question, finite or not (fallback)
+        w_seen = start_wnorm if start_wnorm is not None else self._wnorm_ref
 
         # layer attribution is lazy: (grad norms, weight norms) of the latest all-finite-gradient step are
         # kept, and a ratio argmax is computed only for a divergence and once at the end of the flush
@@ -262,7 +363,8 @@ class DivergenceMonitor:
             m["loss"] = loss
             cause = self._loss_rules(loss, m)
             if step in dvecs:
-                self._detailed_metrics(dvecs[step], m)
+                self._detailed_metrics(step, dvecs[step], m)
+                w_seen = dvecs[step][:n_par]
             if not self.enabled:
                 if cause is not None and found is None:
                     found = Divergence(cause, step, "")
@@ -271,7 +373,7 @@ class DivergenceMonitor:
             finite = all(map(math.isfinite, g))
             m["grad_norm"] = math.sqrt(math.fsum(v * v for v in g))
             m["grad_norm_max"] = _nanmax(g) if g else 0.0
-            wref = self._wnorm_ref if self._wnorm_ref is not None else cur_wnorm
+            wref = self._wnorm_ref
             if math.isfinite(loss) and not finite:  # outranks explosion/spike
                 cause = "non_finite_grad"
             if cause is not None and found is None:
@@ -281,13 +383,13 @@ class DivergenceMonitor:
                 elif cause != "non_finite_loss" and finite:
                     layer = self._largest_ratio(g, wref)
                 if not layer:
-                    layer = self._largest_ratio(*last_finite) if last_finite else self._last_finite_layer
-                found = Divergence(cause, step, layer)
+                    layer = (self._largest_ratio(*last_finite) if last_finite else "") or self._last_finite_layer
+                found = Divergence(cause, step, layer or self._fallback_layer(g, w_seen))
             if finite:
                 last_finite = (g, wref)
         self._last_step = steps[-1]
         if last_finite is not None:
-            self._last_finite_layer = self._largest_ratio(*last_finite)
+            self._last_finite_layer = self._largest_ratio(*last_finite) or self._last_finite_layer
 
         latest: dict[str, float] = {}
         for step in steps:
@@ -322,7 +424,7 @@ class DivergenceMonitor:
             cause = "loss_spike"
         return cause
 
-    def _detailed_metrics(self, d: list[float], m: dict[str, float]) -> None:
+    def _detailed_metrics(self, step: int, d: list[float], m: dict[str, float]) -> None:
         n = len(self._params)
         wn, dw, act = d[:n], d[n: 2 * n], d[2 * n:]
         if n:
@@ -348,11 +450,26 @@ class DivergenceMonitor:
                 m[f"act_std/{st.name}"] = math.sqrt(max(rms * rms - mean * mean, 0.0))
             if not math.isnan(dead):
                 m[f"dead_frac/{st.name}"] = dead
+                self.collapse_rule.observe(step, st.name, dead)
 
     def _largest_ratio(self, gn: list[float], wref: list[float] | None) -> str:
         if wref is None:
             return ""
         return self._argmax_name([b / a if a > 0 else float("nan") for a, b in zip(wref, gn, strict=True)])
+
+    def _fallback_layer(self, g: list[float], w: list[float] | None) -> str:
+        """A layer when no earlier all-finite step names one (module docstring): the first parameter whose
+        weights, else gradient, is non-finite; else the largest finite grad/weight ratio; else the first
+        multiplicative parameter. "" only for a model without parameters."""
+        if w is not None:
+            for name, v in zip(self.param_names, w, strict=True):
+                if not math.isfinite(v):
+                    return name
+        for name, v in zip(self.param_names, g, strict=True):
+            if not math.isfinite(v):
+                return name
+        best = self._largest_ratio(g, w) if w is not None else ""
+        return best or next((n for n, c in zip(self.param_names, self._cand, strict=True) if c), "")
 
     def _argmax_name(self, ratio: list[float]) -> str:
         """Name of the candidate parameter with the largest finite ratio; "" if none."""
@@ -436,6 +553,13 @@ class DivergenceMonitor:
                     out.append(torch.stack(vals).mean())
         return out
 
+    # ------------------------------------------------------------------ collapse
+    def collapse(self, final_train_top1: float | None, final_train_loss: float | None,
+                 num_classes: int) -> Collapse | None:
+        """The collapse verdict of a run that ended finite (module docstring), from the final train
+        accuracy and loss and the dead fractions seen on the detailed steps; pure Python, no sync."""
+        return self.collapse_rule.verdict(final_train_top1, final_train_loss, num_classes, self._last_step)
+
     # ------------------------------------------------------------------ sharpness
     def hessian_top_eigenvalue(self, loss_fn: Callable[[], torch.Tensor], iters: int | None = None) -> float:
         """Top eigenvalue of the loss Hessian w.r.t. the trainable parameters, by power iteration with
@@ -484,7 +608,7 @@ class DivergenceMonitor:
         """Plain-Python rule state for a checkpoint. Steps recorded but not yet flushed are not in it:
         take it right after :meth:`flush`."""
         return {
-            "version": 1,
+            "version": 2,
             "ema": self._ema,
             "init_sum": self._init_sum,
             "init_count": self._init_count,
@@ -495,6 +619,7 @@ class DivergenceMonitor:
             "param_names": list(self.param_names),
             "wnorm_ref": None if self._wnorm_ref is None else list(self._wnorm_ref),
             "divergence": None if self.divergence is None else asdict(self.divergence),
+            "collapse": self.collapse_rule.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -510,7 +635,9 @@ class DivergenceMonitor:
         self._wnorm_ref = [float(v) for v in wref] if wref is not None and same else None
         div = state.get("divergence")
         self.divergence = Divergence(**div) if div else None
+        self.collapse_rule.load_state_dict(state.get("collapse", {}))  # version 1: no collapse state
         self._steps, self._vecs, self._detail = [], [], {}
+        self._wnorm_start = None
 
     @property
     def last_step(self) -> int:

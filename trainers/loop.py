@@ -3,7 +3,7 @@
 Reads top to bottom: config → init (data, model, data-dependent init, DDP, optimizer) → resume →
 the loop (step, monitor, report every k steps, evaluate and checkpoint on an interval) → summary.
 The same function runs in a Ray Train ``TorchTrainer`` worker (DDP over gloo on CPU, NCCL on GPU)
-and, for single-worker CPU trials, inside the Tune trial process (DESIGN.md §2).
+and, for single-worker CPU trials, inside the Tune trial process (docs/design.md §2).
 
 ``config`` keys: ``spec`` (a resolved StudySpec as a dict), ``scheme`` (a name in the spec),
 ``session`` ('train' | 'tune' | 'local'), ``tracking_uri`` and ``run_id`` (rank 0 logs curves there;
@@ -12,6 +12,13 @@ None = no MLflow), and optionally ``max_steps`` (overrides the spec; 0 = set up 
 The summary is reported last and always with a checkpoint from rank 0 (Ray Train V2's ``Result.metrics``
 are those of the latest report that carried one): the final step's weights, or for a diverged run a
 checkpoint holding only ``summary.json`` (no diverged weights; resuming from it starts afresh).
+
+Outcome of a trial (summary ``outcome``): ``diverged`` (a divergence rule fired; ``diverged=1``,
+``divergence_step/_cause/_layer``), ``collapsed`` (it stayed finite but ended at chance:
+trainers/divergence.py's collapse rule, decided after the final evaluation; ``collapsed=1``,
+``collapse_step/_cause/_layer/_dead_frac``, and its final accuracies, which are real measurements) or
+``stable``. Numbers stay floats (Tune, MLflow metrics); ``outcome`` and the cause/layer names are the
+summary's only strings (MLflow tags, study/trial.py).
 
 Host–device syncs: one per report interval (the monitor's ``flush``), plus evaluation; the step itself
 never calls ``.item()``.
@@ -185,7 +192,11 @@ def train_loop_per_worker(config: dict[str, Any], session: Session | None = None
     # --- summary ------------------------------------------------------------------------------------
     if divergence is None and step > 0 and not last_eval:
         last_eval = evaluate(module, data, device, criterion, t.channels_last, amp)
-    summary.update(_summary(last_eval, divergence, step, step_times, spec))
+    collapse = None
+    if divergence is None and last_eval:
+        collapse = _agree_on_collapse(monitor.collapse(last_eval.get("train_top1"), last_eval.get("train_loss_eval"),
+                                                       data.num_classes), world)
+    summary.update(_summary(last_eval, divergence, collapse, step, step_times, spec))
     logger.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)}, max(step, 1))
     logger.close()  # every curve point is in the store before the trial reports its end
     if rank == 0:
@@ -237,18 +248,24 @@ def _penalty(spec: StudySpec) -> float:
     return 0.0 if spec.search.mode_direction == "max" else 1e9
 
 
-def _summary(last_eval: dict[str, float], divergence, step: int, step_times: list[float],
+def _summary(last_eval: dict[str, float], divergence, collapse, step: int, step_times: list[float],
              spec: StudySpec) -> dict[str, Any]:
     s: dict[str, Any] = {"steps_done": float(step),
                          "step_time_mean_s": float(np.median(step_times)) if step_times else float("nan")}
     if divergence is not None:
         # No final accuracies: a diverged model's are meaningless, and 0.0 would read as a measurement.
-        s.update(diverged=1.0, divergence_step=float(divergence.step), divergence_cause=divergence.cause,
-                 divergence_layer=divergence.layer, objective=_penalty(spec))
+        s.update(diverged=1.0, collapsed=0.0, outcome="diverged", divergence_step=float(divergence.step),
+                 divergence_cause=divergence.cause, divergence_layer=divergence.layer, objective=_penalty(spec))
     else:
         tr, te = last_eval.get("train_top1", 0.0), last_eval.get("test_top1", 0.0)
         s.update(diverged=0.0, objective=last_eval.get(spec.search.metric, te), final_train_top1=tr, final_test_top1=te,
                  final_test_top5=last_eval.get("test_top5", 0.0), final_gap=tr - te)
+        # A collapsed model's accuracies are measured (at chance): kept, and the objective is left as is.
+        s.update(collapsed=float(collapse is not None), outcome="collapsed" if collapse is not None else "stable")
+        if collapse is not None:
+            s.update(collapse_step=float(collapse.step), collapse_cause=collapse.cause, collapse_layer=collapse.layer)
+            if collapse.dead_frac is not None:
+                s["collapse_dead_frac"] = float(collapse.dead_frac)
     return s
 
 
@@ -289,6 +306,15 @@ def _agree_on_divergence(local, world: int):
     dist.all_gather_object(verdicts, local)
     found = [v for v in verdicts if v is not None]
     return min(found, key=lambda v: v.step) if found else None
+
+
+def _agree_on_collapse(local, world: int):
+    """Rank 0's collapse verdict on every rank (the dead fractions are per-rank batches; one collective)."""
+    if world == 1 or not (dist.is_available() and dist.is_initialized()):
+        return local
+    box = [local]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 @contextlib.contextmanager

@@ -26,6 +26,10 @@ def trial(
     step: int | None = None,
     cause: str = "nonfinite_loss",
     layer: str = "layer3.0.conv2",
+    collapsed: bool = False,
+    collapse_cause: str = "dead_relu",
+    collapse_step: int | None = 10,
+    collapse_layer: str = "layer3",
     curves: dict[str, Curve] | None = None,
     metrics: dict[str, float] | None = None,
     trial_id: str | None = None,
@@ -34,6 +38,10 @@ def trial(
     if init_scale is not None:
         hp["init_scale"] = init_scale
     m = dict(metrics or {})
+    if collapsed:  # finite to the end, at chance (10 classes): final accuracies are measured
+        train = 0.09 if train is None else train
+        test = 0.10 if test is None else test
+        m |= {"collapsed": 1.0, "collapse_step": float(collapse_step or 0)}
     if not diverged:
         m |= {"final_train_top1": train, "final_test_top1": test, "final_gap": train - test}
     m.setdefault("step_time_mean_s", 0.03)
@@ -53,6 +61,10 @@ def trial(
         divergence_layer=layer if diverged else None,
         metrics=m,
         curves=dict(curves or {}),
+        collapsed=collapsed,
+        collapse_cause=collapse_cause if collapsed else None,
+        collapse_step=collapse_step if collapsed else None,
+        collapse_layer=collapse_layer if collapsed else None,
     )
 
 
@@ -124,7 +136,10 @@ def _curves(rng, lr: float, steps: int, diverge_at: int | None, scheme: str, eve
 
 
 def realistic_study(steps: int = 120, seeds=(0, 1)) -> StudyData:
-    """bn, wn, normprop and wn_trelu on an lr × init-scale grid; the WN family diverges at smaller lrs."""
+    """bn, wn, normprop and wn_trelu on an lr × init-scale grid; the WN family diverges at smaller lrs, and
+    a few of its trials collapse (finite, at chance) just below where it diverges: wn at (lr 0.3, init 2)
+    seed 1, wn_trelu at (lr 1, init 0.5) both seeds."""
+    collapses = {("wn", 0.3, 2.0, 1), ("wn_trelu", 1.0, 0.5, 0), ("wn_trelu", 1.0, 0.5, 1)}
     lrs = (0.03, 0.1, 0.3, 1.0, 3.0)
     limits = {"bn": 3.0, "wn": 1.0, "normprop": 0.3, "wn_trelu": 1.0}  # first lr that diverges (init scale 1)
     base = {"bn": (0.82, 0.05), "wn": (0.80, 0.11), "normprop": (0.77, 0.09), "wn_trelu": (0.81, 0.10)}
@@ -141,6 +156,9 @@ def realistic_study(steps: int = 120, seeds=(0, 1)) -> StudyData:
                     test = base[scheme][0] - 0.05 * (math.log10(lr) + 1) ** 2 + 0.01 * rng.standard_normal()
                     train = test + base[scheme][1] + 0.005 * rng.standard_normal()
                     step = int(steps * (0.3 + 0.4 * rng.random())) if div else None
+                    collapsed = (scheme, lr, init, seed) in collapses
+                    if collapsed:
+                        train, test = 0.09 + 0.01 * seed, 0.1
                     ts.append(
                         trial(
                             scheme,
@@ -153,6 +171,9 @@ def realistic_study(steps: int = 120, seeds=(0, 1)) -> StudyData:
                             step=step,
                             cause="nonfinite_loss" if seed == 0 else "loss_spike",
                             layer="layer3.1.conv2",
+                            collapsed=collapsed,
+                            collapse_step=20 + 10 * seed,
+                            collapse_layer="layer2",
                             curves=_curves(rng, lr, steps, step, scheme),
                             metrics={
                                 "step_time_mean_s": (0.031 if scheme == "bn" else 0.024) * (1 + 0.05 * rng.random())
@@ -171,8 +192,10 @@ def realistic_study(steps: int = 120, seeds=(0, 1)) -> StudyData:
 # Writing a StudyData into MLflow
 
 
-def write_mlflow(client, experiment: str, st: StudyData) -> str:
-    """Write ``st`` as a study run, scheme runs and trial runs; return the study run's id."""
+def write_mlflow(client, experiment: str, st: StudyData, *, collapse_tags: bool = True) -> str:
+    """Write ``st`` as a study run, scheme runs and trial runs; return the study run's id. A collapsed
+    trial always has the loop's metrics (``collapsed``, ``collapse_step``); ``collapse_tags`` adds its
+    string tags too."""
     from mlflow.entities import Metric, Param
 
     exp = client.get_experiment_by_name(experiment)
@@ -212,6 +235,13 @@ def write_mlflow(client, experiment: str, st: StudyData) -> str:
                     "divergence_cause": t.divergence_cause,
                     "divergence_step": str(t.divergence_step),
                     "divergence_layer": t.divergence_layer,
+                }
+            if t.collapsed and collapse_tags:  # the tags study/trial.py sets from the loop's summary
+                tags |= {
+                    "outcome": "collapsed",
+                    "collapse_cause": t.collapse_cause,
+                    "collapse_step": str(t.collapse_step),
+                    "collapse_layer": t.collapse_layer,
                 }
             trun = client.create_run(exp_id, run_name=f"{st.name}/{sch.name}/{t.trial_id}", tags=tags)
             rid = trun.info.run_id

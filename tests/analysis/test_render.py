@@ -20,7 +20,7 @@ SECTIONS = {
     "paper": "Side by side with the paper",
     "schemes": "Per-scheme results",
     "stability": "Stability maps",
-    "divergence": "Divergence",
+    "divergence": "Divergence and collapse",
     "early-warning": "Early warning",
     "curves": "Loss and gradient-norm curves",
     "signal-propagation": "Signal propagation",
@@ -56,8 +56,9 @@ def test_html_is_self_contained_with_every_section(demo_report):
     assert all(src.startswith("data:image/png;base64,") for src in images)
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, re.I)
     assert "<script" not in html and "<link" not in html and "@import" not in html
-    for verdict in ("confirmed", "not confirmed"):
-        assert f"<strong>{verdict}</strong>" in html
+    data = json.loads((demo_report / "report.json").read_text())
+    for claim in data["claims"]:  # each claim's verdict, in bold (the verdicts themselves: test_claims.py)
+        assert f"<strong>{claim['verdict']}</strong>" in html
 
 
 def test_markdown_links_the_png_files_and_json_lists_them(demo_report):
@@ -84,12 +85,59 @@ def test_json_top_level_schema(demo_report):
         "plots",
     }
     assert list(data["schemes"]) == ["bn", "wn", "normprop", "wn_trelu"]
-    assert [c["verdict"] for c in data["claims"]] == ["not confirmed", "confirmed", "confirmed"]
+    assert [c["id"] for c in data["claims"]] == [1, 2, 3]
+    assert all(isinstance(c["verdict"], str) and c["verdict"] for c in data["claims"])
     wn = data["schemes"]["wn"]
     assert len(wn["stability_map"]["cells"]) == 15 and wn["stability_map"]["init_scales"] == [0.5, 1.0, 2.0]
     assert {c["status"] for c in wn["stability_map"]["cells"]} == {"stable", "mixed", "diverged"}
+    trelu = data["schemes"]["wn_trelu"]
+    assert {c["status"] for c in trelu["stability_map"]["cells"]} == {"stable", "mixed", "diverged", "collapsed"}
+    assert (wn["n_collapsed"], trelu["n_collapsed"], data["schemes"]["bn"]["n_collapsed"]) == (1, 2, 0)
+    assert trelu["n_failed"] == trelu["n_diverged"] + 2 and trelu["collapse_causes"] == {"dead_relu": 2}
+    assert trelu["failure_rate"] == pytest.approx(trelu["n_failed"] / trelu["n_finished"])
+    assert [(t["lr"], t["init_scale"], t["layer"]) for t in trelu["collapsed_trials"]] == [(1.0, 0.5, "layer2")] * 2
+    # the collapse at (lr 0.3, init 2) makes 0.1 wn's largest stable lr there
+    assert {"init_scale": 2.0, "lr": 0.1} in wn["stability_map"]["largest_stable_lr"]
+    assert data["schema_version"] == 2
     assert data["early_warning"]["thresholds"]["grad_norm_rel"] == 10.0
     assert data["early_warning"]["recommended"]["all"] in {"grad_norm", "update_ratio_max", "sharpness_lr"}
+
+
+def test_the_divergence_table_lists_collapses_with_cause_step_and_stage(demo_report):
+    md = (demo_report / "report.md").read_text(encoding="utf-8")
+    section = md.split("## Divergence and collapse")[1].split("\n## ")[0]
+    rows = [r for r in section.splitlines() if r.startswith("| wn") and "| collapsed |" in r]
+    assert len(rows) == 3
+    assert all("| dead_relu | layer2 |" in r for r in rows)
+    assert "| wn | wn_lr0.3_is2.0_s1 | 0.3 | 2 | 1 | collapsed | 30 |" in section
+    assert "diverged and 3 collapsed" in section
+    schemes = md.split("## Per-scheme results")[1].split("\n## ")[0]
+    assert "2/30 (6.7%): dead_relu ×2" in schemes
+
+
+def test_the_stability_map_marks_collapsed_cells_apart_from_diverged_ones(monkeypatch, tmp_path):
+    from analysis import plots
+    from analysis.summarize import summarize_scheme
+    from tests.analysis.synth import study, trial
+
+    ts = [
+        trial("wn", 0.1, 0, train=0.8, test=0.7),
+        trial("wn", 0.3, 0, collapsed=True),
+        trial("wn", 0.3, 1, train=0.8, test=0.6),
+        trial("wn", 1.0, 0, diverged=True, step=3),
+        trial("wn", 1.0, 1, collapsed=True),
+    ]
+    figs = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figs.append(fig) or path)
+    plots.plot_stability_map(summarize_scheme(study({"wn": ts}).schemes[0]), tmp_path / "m.png", (0.0, 100.0))
+    (fig,) = figs
+    ax = fig.axes[0]
+    marks = [(line.get_marker(), line.get_color()) for line in ax.lines]
+    assert marks.count(("o", plots.COLLAPSED_INK)) == 2 and marks.count(("x", plots.DIVERGED_INK)) == 1
+    texts = {t.get_text() for t in ax.texts}
+    assert "1/2 collapsed" in texts and "1/2 div., 1/2 coll." in texts
+    legend = [t.get_text() for lg in fig.legends for t in lg.get_texts()]
+    assert any("collapsed" in t for t in legend) and any("diverged" in t for t in legend)
 
 
 def test_scheme_colours_are_fixed_and_unknown_names_get_a_stable_fallback():

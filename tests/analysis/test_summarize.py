@@ -97,3 +97,86 @@ def test_unfinished_trials_are_left_out_of_rates():
     st = study({"bn": [trial("bn", 0.1, 0, train=0.8, test=0.7), running]})
     s = summarize_scheme(st.schemes[0])
     assert (s.n_trials, s.n_finished, s.divergence_rate) == (2, 1, 0.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Collapse: finite to the end, at chance — a failure, never stable, never the best
+
+
+def test_a_collapsed_seed_is_a_failure_in_its_configuration():
+    # the collapsed seed is given a high test accuracy on purpose: it is excluded by outcome, not by value
+    ts = [
+        trial("wn", 0.3, 0, train=0.5, test=0.45),
+        trial("wn", 0.3, 1, collapsed=True, train=0.95, test=0.95),
+        trial("wn", 0.1, 0, train=0.6, test=0.40),
+        trial("wn", 0.1, 1, train=0.6, test=0.40),
+    ]
+    groups = {g.config["lr"]: g for g in group_configs(ts)}
+    g = groups[0.3]
+    assert (g.n, g.n_diverged, g.n_collapsed, g.n_failed) == (2, 0, 1, 1) and not g.all_seeds_stable
+    assert g.test_top1.mean == pytest.approx(0.45) and g.test_top1.n == 1  # the stable seed only
+    best = best_config(list(groups.values()))
+    assert best.config["lr"] == 0.1 and best.all_seeds_stable  # lower accuracy, but no seed failed
+
+
+def test_a_configuration_whose_seeds_all_collapsed_is_never_the_best():
+    ts = [trial("wn", 1.0, s, collapsed=True, train=0.99, test=0.99) for s in (0, 1)]
+    assert best_config(group_configs(ts)) is None
+    ts.append(trial("wn", 0.01, 0, train=0.3, test=0.2))
+    assert best_config(group_configs(ts)).config["lr"] == 0.01
+
+
+def test_stability_map_cells_count_collapses_and_name_the_status():
+    ts = [
+        trial("wn", 0.1, 0, train=0.8, test=0.7),
+        trial("wn", 0.3, 0, train=0.8, test=0.6),
+        trial("wn", 0.3, 1, collapsed=True),  # mixed
+        trial("wn", 1.0, 0, collapsed=True),
+        trial("wn", 1.0, 1, collapsed=True),  # collapsed
+        trial("wn", 3.0, 0, collapsed=True),
+        trial("wn", 3.0, 1, diverged=True, step=4),  # failed: every trial, both ways
+        trial("wn", 10.0, 0, diverged=True, step=2),  # diverged
+    ]
+    m = stability_map(ts)
+    status = {c.lr: c.status for c in m.cells}
+    assert status == {0.1: "stable", 0.3: "mixed", 1.0: "collapsed", 3.0: "failed", 10.0: "diverged"}
+    c = m.cell(0.3, None)
+    assert (c.n, c.n_diverged, c.n_collapsed, c.n_failed) == (2, 0, 1, 1)
+    assert c.test_top1 == pytest.approx(0.6)  # the collapsed trial's accuracy is not in the cell's mean
+    assert m.cell(1.0, None).test_top1 is None
+    # no seed failed: only lr 0.1 (the collapse at 0.3 counts like a divergence)
+    assert m.largest_stable_lr == [{"init_scale": None, "lr": 0.1}]
+
+
+def test_summarize_scheme_counts_collapses_apart_from_divergences():
+    ts = [
+        *_wn_trials(),
+        trial("wn", 0.3, 0, init_scale=1.0, collapsed=True, collapse_step=10, collapse_layer="layer2"),
+        trial("wn", 0.3, 1, init_scale=1.0, collapsed=True, collapse_cause="chance_accuracy", collapse_step=150,
+              collapse_layer="", metrics={"collapse_dead_frac": 0.2}),
+    ]
+    ts[-2].collapse_cause = None  # untagged: counted as "unknown"
+    s = summarize_scheme(study({"wn": ts}).schemes[0])
+    assert (s.n_finished, s.n_diverged, s.n_collapsed, s.n_failed) == (10, 3, 2, 5)
+    assert s.divergence_rate == pytest.approx(3 / 10)
+    assert (s.collapse_rate, s.failure_rate) == (pytest.approx(2 / 10), pytest.approx(5 / 10))
+    assert s.divergence_causes == {"loss_spike": 2, "nonfinite_loss": 1}
+    assert s.collapse_causes == {"unknown": 1, "chance_accuracy": 1}
+    rows = {r["seed"]: r for r in s.collapsed_trials}
+    assert (rows[0]["cause"], rows[0]["step"], rows[0]["layer"]) == (None, 10, "layer2")
+    assert (rows[1]["cause"], rows[1]["step"], rows[1]["dead_frac"]) == ("chance_accuracy", 150, 0.2)
+    assert rows[1]["train_top1"] == pytest.approx(0.09) and rows[0]["dead_frac"] is None
+    assert {d["step"] for d in s.diverged_trials} == {20, 25, 30}  # collapses are not divergences
+    by_lr = {r["lr"]: r for r in s.divergence_by_lr}
+    assert by_lr[0.3] == {"lr": 0.3, "n": 2, "n_diverged": 0, "rate": 0.0, "n_collapsed": 2,
+                          "collapse_rate": 1.0, "n_failed": 2, "failure_rate": 1.0}
+    assert by_lr[1.0]["failure_rate"] == pytest.approx(0.75)
+    assert s.representative_stable == "wn_lr0.1_is1.0_s0"
+
+
+def test_the_representative_stable_trial_is_never_a_collapsed_one():
+    ts = [trial("wn", 0.1, 0, collapsed=True, train=0.99, test=0.99), trial("wn", 0.3, 0, train=0.5, test=0.3)]
+    s = summarize_scheme(study({"wn": ts}).schemes[0])
+    assert s.best.config["lr"] == 0.3 and s.representative_stable == "wn_lr0.3_is-_s0"
+    only = summarize_scheme(study({"wn": ts[:1]}).schemes[0])
+    assert only.best is None and only.representative_stable is None

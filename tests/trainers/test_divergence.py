@@ -1,4 +1,5 @@
-"""DivergenceMonitor: rules, metrics, activation statistics, no host-device sync, resume, sharpness."""
+"""DivergenceMonitor: rules, layer attribution, collapse, metrics, activation statistics, no host-device sync,
+resume, sharpness."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import torch
 from torch import nn
 
 from study.spec import DivergenceSpec
-from trainers.divergence import Divergence, DivergenceMonitor
+from trainers.divergence import (
+    COLLAPSE_CHANCE_MULTIPLE,
+    COLLAPSE_DEAD_FRAC,
+    Collapse,
+    CollapseRule,
+    Divergence,
+    DivergenceMonitor,
+)
 from trainers.models import build_model
 
 
@@ -225,7 +233,7 @@ def test_scaled_layer_is_named():
     assert rep.latest_update_ratio_layer == "2.weight"
 
 
-def test_divergence_layer_before_any_detailed_step_uses_current_weights():
+def test_divergence_layer_before_any_detailed_step_uses_the_first_steps_weights():
     model = mlp()
     mon = DivergenceMonitor(model, DivergenceSpec(initial_steps=1))
 
@@ -235,6 +243,83 @@ def test_divergence_layer_before_any_detailed_step_uses_current_weights():
     step(mon, model, 1, loss_value=1.0, lr=0.0)
     step(mon, model, 2, loss_value=100.0, lr=0.0, grad_edit=boost)
     assert mon.flush().divergence == Divergence("loss_explosion", 2, "4.weight")
+
+
+def _norms(model) -> dict[str, float]:
+    return {n: p.detach().norm().item() for n, p in model.named_parameters()}
+
+
+def test_nan_loss_in_the_first_interval_is_named_from_the_first_steps_weights():
+    """No detailed step yet and the weights are NaN by flush time (a NaN loss's update): the ratio uses the
+    weight norms taken at the first step, and the gradients of the last finite step."""
+    model = mlp()
+    mon = DivergenceMonitor(model, DivergenceSpec())
+    w0 = _norms(model)
+    grads: dict[str, float] = {}
+
+    def keep(m):
+        grads.update({n: p.grad.norm().item() for n, p in m.named_parameters()})
+        m[2].weight.grad.mul_(50.0)  # make one layer the clear winner
+        grads["2.weight"] *= 50.0
+
+    for k in (1, 2):
+        step(mon, model, k, lr=1e-3)
+    step(mon, model, 3, lr=1e-3, grad_edit=keep)
+    step(mon, model, 4, loss_value=float("nan"), lr=1e-3)
+    with torch.no_grad():  # what the NaN step's update does to every weight
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    rep = mon.flush()
+    weights = [n for n in w0 if n.endswith("weight")]
+    assert rep.divergence == Divergence("non_finite_loss", 4, max(weights, key=lambda n: grads[n] / w0[n]))
+    assert rep.divergence.layer == "2.weight"
+
+
+def test_nan_at_the_very_first_step_names_the_first_non_finite_weight():
+    model = mlp()
+    with torch.no_grad():
+        model[4].weight[0, 0] = float("inf")
+    mon = DivergenceMonitor(model, DivergenceSpec())
+    step(mon, model, 1, loss_value=float("nan"), lr=0.0)
+    assert mon.flush().divergence == Divergence("non_finite_loss", 1, "4.weight")
+
+
+def test_nan_at_the_very_first_step_with_finite_weights_names_the_first_non_finite_gradient():
+    model = mlp()
+    mon = DivergenceMonitor(model, DivergenceSpec())
+
+    def poison(m):  # a NaN loss's gradients: NaN from layer 2 back to the input
+        for i in (0, 2):
+            m[i].weight.grad.fill_(float("nan"))
+            m[i].bias.grad.fill_(float("nan"))
+
+    step(mon, model, 1, loss_value=float("nan"), lr=0.0, grad_edit=poison)
+    assert mon.flush().divergence == Divergence("non_finite_loss", 1, "0.weight")
+
+
+def test_nan_at_the_very_first_step_with_finite_gradients_names_the_largest_ratio():
+    model = mlp()
+    mon = DivergenceMonitor(model, DivergenceSpec())
+
+    def boost(m):
+        m[6].weight.grad.mul_(1e3)
+
+    step(mon, model, 1, loss_value=float("inf"), lr=0.0, grad_edit=boost)
+    assert mon.flush().divergence == Divergence("non_finite_loss", 1, "6.weight")
+
+
+def test_the_first_step_snapshot_is_replaced_by_detailed_steps_and_kept_across_flushes():
+    model = mlp()
+    mon = DivergenceMonitor(model, DivergenceSpec())
+    step(mon, model, 1, lr=0.0)
+    mon.flush()
+    assert mon._wnorm_ref == pytest.approx(list(_norms(model).values()), rel=1e-6)
+    assert mon._wnorm_start is None  # taken once: a reference exists now
+    with torch.no_grad():
+        model[0].weight.mul_(2.0)
+    step(mon, model, 2, lr=0.0, detailed=True)
+    mon.flush()
+    assert mon._wnorm_ref[0] == pytest.approx(_norms(model)["0.weight"], rel=1e-6)
 
 
 def _resnet(scheme: str = "bn"):
@@ -304,6 +389,95 @@ def test_dead_fraction_counts_constant_channels():
     mon = DivergenceMonitor(model, DivergenceSpec())
     _resnet_step(mon, model, 1, detailed=True)
     assert mon.flush().per_step[1]["dead_frac/stem"] == pytest.approx(0.5)
+
+
+# ----------------------------------------------------------------------------------- collapse
+CHANCE = 1 / 10
+
+
+def rule_with(seqs: dict[str, list[float]], every: int = 10) -> CollapseRule:
+    """A CollapseRule fed ``dead_frac`` sequences, one value per detailed step (every ``every`` steps)."""
+    rule = CollapseRule()
+    for i in range(max(map(len, seqs.values()), default=0)):
+        for stage, values in seqs.items():  # forward order, as the monitor reports them
+            if i < len(values):
+                rule.observe((i + 1) * every, stage, values[i])
+    return rule
+
+
+def test_collapse_dead_stage_at_chance_is_dead_relu_at_its_first_crossing():
+    # WN at a high lr: layer3 95 % dead by step 30, the run ends finite at chance
+    rule = rule_with({"stem": [0.0] * 5, "layer2": [0.1, 0.2, 0.3, 0.3, 0.3], "layer3": [0.2, 0.4, 0.95, 0.96, 0.7]})
+    assert rule.verdict(0.09, 2.31, 10, last_step=50) == Collapse("dead_relu", 30, "layer3", 0.96)
+
+
+def test_collapse_names_the_stage_that_died_first_then_the_deadest_then_forward_order():
+    assert rule_with({"layer2": [0.1, 0.6, 0.6], "layer3": [0.1, 0.2, 0.99]}).verdict(0.1, 2.3, 10, 30) == Collapse(
+        "dead_relu", 20, "layer2", 0.6)
+    tie = rule_with({"layer1": [0.7], "layer2": [0.8]}).verdict(0.1, 2.3, 10, 10)
+    assert (tie.layer, tie.step) == ("layer2", 10)
+    same = rule_with({"layer1": [0.8], "layer2": [0.8]}).verdict(0.1, 2.3, 10, 10)
+    assert same.layer == "layer1"
+
+
+def test_no_collapse_above_chance_even_with_dead_stages():
+    rule = rule_with({"layer3": [0.99, 0.99]})
+    limit = COLLAPSE_CHANCE_MULTIPLE * CHANCE
+    assert rule.verdict(limit + 0.01, 1.0, 10, 20) is None  # it learned: dead units but not collapsed
+    assert rule.verdict(limit, 2.3, 10, 20).cause == "dead_relu"  # "at most 1.5 x chance" includes the bound
+    assert rule.verdict(limit, 2.3, 100, 20) is None  # chance depends on the number of classes (0.01 here)
+
+
+def test_no_dead_stage_at_the_uniform_guess_loss_is_chance_accuracy_at_the_last_step():
+    rule = rule_with({"stem": [0.0, 0.0], "layer1": [0.1, 0.3], "layer2": [0.2, 0.1]})
+    assert COLLAPSE_DEAD_FRAC > 0.3
+    assert rule.verdict(0.1, math.log(10), 10, last_step=150) == Collapse("chance_accuracy", 150, "layer1", 0.3)
+    # no activation statistics at all (a model without stages, or a disabled monitor)
+    assert CollapseRule().verdict(0.1, 2.31, 10, 40) == Collapse("chance_accuracy", 40, "", None)
+
+
+def test_a_slow_learner_at_chance_whose_loss_fell_is_not_collapsed():
+    rule = rule_with({"layer1": [0.0, 0.0]})
+    assert rule.verdict(0.12, 0.9 * math.log(10), 10, 150) is None
+
+
+def test_collapse_needs_a_measured_finite_ending():
+    rule = rule_with({"layer3": [0.99]})
+    assert rule.verdict(None, 2.3, 10, 10) is None
+    assert rule.verdict(float("nan"), 2.3, 10, 10) is None
+    assert CollapseRule().verdict(0.1, float("nan"), 10, 10) is None  # NaN loss: no chance_accuracy
+    rule_nan = rule_with({"layer3": [float("nan"), 0.2]})
+    assert rule_nan.verdict(0.1, 1.0, 10, 20) is None  # NaN fractions are not observations
+
+
+def test_collapse_thresholds_are_parameters():
+    rule = CollapseRule(chance_multiple=3.0, dead_frac=0.95, loss_frac=0.5)
+    for k, v in enumerate((0.9, 0.96)):
+        rule.observe(10 * (k + 1), "layer3", v)
+    assert rule.verdict(0.25, 1.0, 10, 20) == Collapse("dead_relu", 20, "layer3", 0.96)
+
+
+def test_collapse_rule_on_the_monitors_real_dead_fractions():
+    """A model whose layer2 ReLUs are all dead (its convs zeroed): the monitor's own dead_frac feeds the rule."""
+    model = _resnet("bn")
+    with torch.no_grad():
+        for p in model.layer2.parameters():
+            if p.dim() == 4:
+                p.zero_()
+    mon = DivergenceMonitor(model, DivergenceSpec())
+    for k in (1, 2, 3, 4):
+        _resnet_step(mon, model, k, detailed=k % 2 == 0)
+    rep = mon.flush()
+    assert rep.per_step[2]["dead_frac/layer2"] == 1.0
+    assert mon.collapse(0.1, 2.3, 10) == Collapse("dead_relu", 2, "layer2", 1.0)
+    assert mon.collapse(0.5, 1.2, 10) is None
+    # the rule's state survives a checkpoint
+    again = DivergenceMonitor(_resnet("bn"), DivergenceSpec())
+    again.load_state_dict(mon.state_dict())
+    assert again.collapse(0.1, 2.3, 10) == mon.collapse(0.1, 2.3, 10)
+    old = {k: v for k, v in mon.state_dict().items() if k != "collapse"}  # a version-1 checkpoint
+    again.load_state_dict(old)
+    assert again.collapse(0.1, 2.3, 10) == Collapse("chance_accuracy", 4, "", None)
 
 
 @pytest.mark.parametrize("scheme", ["wn", "wn_trelu", "normprop"])
