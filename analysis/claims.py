@@ -191,8 +191,8 @@ def claim_cost(summaries: Mapping[str, SchemeSummary]) -> Claim:
     evidence: dict[str, Any] = {"bn": {"norm_share": bn.norm_share, "conv_share": bn.conv_share}}
     verdicts, parts = [], []
     for s in measured:
-        iv = intervals.welch(bn.norm_share, getattr(bn, "norm_share_std", None), getattr(bn, "profile_repeats", 0),
-                             s.norm_share, getattr(s, "norm_share_std", None), getattr(s, "profile_repeats", 0))
+        iv = intervals.welch(bn.norm_share, bn.norm_share_std, bn.profile_repeats,
+                             s.norm_share, s.norm_share_std, s.profile_repeats)
         verdict = intervals.direction(iv, +1)
         verdicts.append(verdict)
         evidence[s.name] = {"norm_share": s.norm_share, "conv_share": s.conv_share,

@@ -223,6 +223,8 @@ class SchemeSummary:
     norm_share: float | None
     conv_share: float | None
     profile_step_time_s: float | None
+    norm_share_std: float | None = None  # over the profiler's repeated windows (trainers/profiling.py)
+    profile_repeats: int = 0
     n_collapsed: int = 0  # finished finite at chance (never also counted in n_diverged)
     collapse_rate: float | None = None  # n_collapsed / n_finished
     collapse_causes: dict[str, int] = field(default_factory=dict)
@@ -292,6 +294,8 @@ def summarize_scheme(scheme: SchemeData) -> SchemeSummary:
         norm_share=_share(scheme.metrics, "norm_share"),
         conv_share=_share(scheme.metrics, "conv_share"),
         profile_step_time_s=_share(scheme.metrics, "profile_step_time_s"),
+        norm_share_std=_share(scheme.metrics, "norm_share_std"),
+        profile_repeats=int(_share(scheme.metrics, "profile_repeats") or 0),
         n_collapsed=len(collapsed),
         collapse_rate=len(collapsed) / len(finished) if finished else None,
         collapse_causes=dict(Counter(t.collapse_cause or "unknown" for t in collapsed).most_common()),

@@ -186,6 +186,11 @@ class DivergenceSpec(_Section):
     hessian_every: int = Field(0, ge=0)  # steps between sharpness probes; 0 = off
     hessian_iters: int = Field(10, gt=0)
     monitor: bool = True  # False turns every statistic but loss/non-finite off (for overhead benchmarks)
+    # Collapse (finite to the end, at chance; trainers/divergence.py CollapseRule): final train top-1 at most
+    # this × chance, and a stage whose ReLUs are this dead (else a loss no better than a uniform guess).
+    collapse_chance_multiple: float = Field(1.5, ge=1)
+    collapse_dead_frac: float = Field(0.5, gt=0, le=1)
+    collapse_loss_frac: float = Field(0.99, gt=0)
 
 
 class StudySpec(_Section):
@@ -355,7 +360,7 @@ def flatten(spec: StudySpec | Mapping[str, Any], prefix: str = "") -> dict[str, 
         if key == "schemes" and not prefix:
             for entry in value:
                 out[f"schemes.{entry['name']}"] = str(entry.get("options") or {})
-        elif isinstance(value, Mapping):
+        elif isinstance(value, Mapping) and value:
             out.update(flatten(value, prefix=f"{name}."))
         else:
             out[name] = str(value)

@@ -235,7 +235,8 @@ class DivergenceMonitor:
         self._last_finite_layer = ""  # largest grad/weight ratio at the latest all-finite-grad step
         self._wnorm_ref: list[float] | None = None  # ‖w‖ per parameter at the latest detailed step
         self._wnorm_start: torch.Tensor | None = None  # ‖w‖ at the first step while there is no reference
-        self.collapse_rule = CollapseRule()
+        self.collapse_rule = CollapseRule(spec.collapse_chance_multiple, spec.collapse_dead_frac,
+                                          spec.collapse_loss_frac)
         self.latest_update_ratio_layer = ""
         self.divergence: Divergence | None = None  # the first divergence ever found
 
