@@ -169,7 +169,10 @@ def _claims_section(d: dict) -> Section:
         "The paper's claims on this study's data",
         [
             "Gitman & Ginsburg 2017 (arXiv:1709.08145) on ResNet-50/ImageNet; each claim judged on this "
-            "study's own numbers (rules in docs/report.md).",
+            "study's own numbers (rules in docs/report.md). Every comparison carries a 95% interval (over "
+            "seeds for accuracies, over trials for failure rates, over profiler repeats for step shares): "
+            "**confirmed** or **not confirmed** only when the interval excludes no effect, else "
+            "**inconclusive**.",
             Table(["#", "claim", "verdict", "numbers behind it"], rows),
         ],
     )
@@ -325,15 +328,23 @@ def _divergence_section(d: dict, out: Path) -> Section:
     return Section("divergence", "Divergence and collapse", blocks)
 
 
+def _rate_ci(ci: list[float] | None) -> str:
+    return f" [{pct(ci[0], 0)}, {pct(ci[1], 0)}]" if ci else ""
+
+
 def _ew_row(label: list[str], st: Mapping[str, Any]) -> list[str]:
     det = (
-        f"{st['n_warned']}/{st['n_diverged']} ({pct(st['detection_rate'], 0)})"
+        f"{st['n_warned']}/{st['n_diverged']} ({pct(st['detection_rate'], 0)}{_rate_ci(st.get('detection_rate_ci'))})"
         if st["n_diverged"]
         else "no diverged trial"
     )
-    lead = f"{_g(st['lead_median'])} (min {st['lead_min']}, max {st['lead_max']})" if st["lead_steps"] else "—"
+    ci = st.get("lead_median_ci")
+    lead_ci = f" [{_g(ci[0])}, {_g(ci[1])}]" if ci else ""
+    lead = (f"{_g(st['lead_median'])}{lead_ci} (min {st['lead_min']}, max {st['lead_max']})"
+            if st["lead_steps"] else "—")
     fa = (
-        f"{st['n_false_alarms']}/{st['n_stable']} ({pct(st['false_alarm_rate'], 0)})"
+        f"{st['n_false_alarms']}/{st['n_stable']} ({pct(st['false_alarm_rate'], 0)}"
+        f"{_rate_ci(st.get('false_alarm_rate_ci'))})"
         if st["n_stable"]
         else "no stable trial"
     )
@@ -342,7 +353,8 @@ def _ew_row(label: list[str], st: Mapping[str, Any]) -> list[str]:
 
 def _early_warning_section(d: dict) -> Section:
     ew = d["early_warning"]
-    head = ["warned before divergence", "lead time, steps: median (range)", "false alarms on stable trials"]
+    head = ["warned before divergence [95% CI]", "lead time, steps: median [95% CI] (range)",
+            "false alarms on stable trials [95% CI]"]
     measured = [s for s in (*SIGNALS, ANY) if ew["per_signal"][s]["n_diverged"] + ew["per_signal"][s]["n_stable"]]
     per_signal = [_ew_row([s, ew["signals"][s]], ew["per_signal"][s]) for s in measured]
     not_measured = [s for s in SIGNALS if s not in measured]
