@@ -109,6 +109,8 @@ class TrainingSpec(_Section):
     step_gamma: float = Field(0.1, gt=0, le=1)
     poly_power: float = Field(2.0, gt=0)
     warmup_steps: int = Field(0, ge=0)
+    # Warmup as a share of the run's steps (used when warmup_steps is 0), so a shortened run keeps its shape.
+    warmup_fraction: float = Field(0.0, ge=0, lt=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     dropout: float = Field(0.0, ge=0, lt=1)
     grad_clip_norm: float | None = Field(None, gt=0)

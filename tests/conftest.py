@@ -1,4 +1,4 @@
-"""Shared fixtures: one local Ray per test session (DESIGN.md §11: a second Ray on the host can strand
+"""Shared fixtures: one local Ray per test session (docs/design.md §11: a second Ray on the host can strand
 placement groups), started only by tests that ask for it."""
 
 from __future__ import annotations

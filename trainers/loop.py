@@ -49,7 +49,7 @@ from trainers.data import build_data
 from trainers.divergence import DivergenceMonitor
 from trainers.models import build_model, data_dependent_init
 from trainers.run_logger import create_logger
-from trainers.schedule import base_lr, lr_multiplier
+from trainers.schedule import base_lr, lr_multiplier, warmup_length
 from trainers.session import LocalSession, Session, create_session
 
 CHECKPOINT_FILE = "state.pt"
@@ -111,9 +111,11 @@ def train_loop_per_worker(config: dict[str, Any], session: Session | None = None
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if t.amp == "bf16" else contextlib.nullcontext()
 
+    warmup = warmup_length(t.warmup_steps, t.warmup_fraction, total_steps)
+
     def lr_at(s: int) -> float:
         return base_lr(t.lr, t.batch_size, t.lr_reference_batch) * lr_multiplier(
-            s, total_steps, kind=t.schedule, warmup_steps=t.warmup_steps, steps_per_epoch=steps_per_epoch,
+            s, total_steps, kind=t.schedule, warmup_steps=warmup, steps_per_epoch=steps_per_epoch,
             step_epochs=t.step_epochs, step_gamma=t.step_gamma, poly_power=t.poly_power)
 
     # --- the loop -----------------------------------------------------------------------------------

@@ -27,5 +27,10 @@ def lr_multiplier(step: int, total_steps: int, *, kind: str, warmup_steps: int =
     return warm * decay
 
 
+def warmup_length(warmup_steps: int, warmup_fraction: float, total_steps: int) -> int:
+    """``warmup_steps`` when given, else ``warmup_fraction`` of the run (rounded)."""
+    return warmup_steps if warmup_steps > 0 else int(round(warmup_fraction * total_steps))
+
+
 def base_lr(lr: float, global_batch: int, reference_batch: int) -> float:
     return lr * global_batch / reference_batch

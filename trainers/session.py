@@ -2,7 +2,7 @@
 
 The loop talks to one small interface (rank, world size, device, report, checkpoint) so the same
 ``train_loop_per_worker`` serves multi-worker ``TorchTrainer`` trials and single-worker CPU trials run
-inside the Tune trial process (no worker-group start-up; DESIGN.md §2). Inside a Tune function
+inside the Tune trial process (no worker-group start-up; docs/design.md §2). Inside a Tune function
 trainable ``ray.train.*`` raises, so the Tune flavour uses ``ray.tune.report``/``get_checkpoint``.
 """
 

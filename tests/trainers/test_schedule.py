@@ -115,3 +115,12 @@ def test_base_lr_scales_linearly_with_the_global_batch():
     assert base_lr(0.1, 64, 256) == pytest.approx(0.025)
     assert base_lr(0.3, 64, 64) == pytest.approx(0.3)  # quick spec: lr_reference_batch = batch
     assert base_lr(0.1, 512, 256) == pytest.approx(2 * base_lr(0.1, 256, 256))
+
+
+def test_warmup_fraction_is_a_share_of_the_run_unless_steps_are_given():
+    from trainers.schedule import warmup_length
+
+    assert warmup_length(0, 0.5, 300) == 150
+    assert warmup_length(0, 0.5, 20) == 10  # a shortened run keeps its shape
+    assert warmup_length(7, 0.5, 300) == 7  # explicit steps win
+    assert warmup_length(0, 0.0, 300) == 0

@@ -115,7 +115,7 @@ def test_register_refuses_an_empty_name():
 
 
 def test_module_docstrings_name_a_formula_for_paper_schemes():
-    # DESIGN.md §3: "Docstring: formula + paper" — each paper scheme's module states its formula.
+    # docs/design.md §3: "Docstring: formula + paper" — each paper scheme's module states its formula.
     for name in ("bn", "wn", "normprop", "wn_trelu"):
         doc = inspect.getmodule(norms.get(name)).__doc__
         assert "=" in doc, f"{name}: module docstring has no formula"
