@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import shlex
 import shutil
@@ -32,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the study of the same name")
     run.add_argument("--fresh", action="store_true", help="replace an existing study of the same name")
     run.add_argument("--no-report", action="store_true", help="skip writing the stability report")
+    run.add_argument("--force", action="store_true",
+                     help="write the report into tracking.report_dir even if that folder holds other files")
 
     train = sub.add_parser("train", help="train one trial through Ray Train and print its summary")
     _spec_args(train)
@@ -83,25 +86,53 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Checks every name and path, takes the study's driver lock (study.driver_lock: one driver a study),
+    runs the study, writes the report and logs it to the study's MLflow run (``report/``)."""
+    from study import driver_lock, preflight
     from study.runner import resolve_paths, run_study, summary_table
 
-    spec = _load(args)
-    print(f"normstudy: study '{spec.tracking.study_name}': {', '.join(e.name for e in spec.schemes)} "
-          f"({spec.search.mode} search), MLflow {spec.tracking.tracking_uri}", flush=True)
-    result = run_study(spec, resume=args.resume, fresh=args.fresh)
-    print()
-    print(summary_table(result))
-    print(f"\n{len(result.outcomes)} trials in {result.seconds:.0f} s.")
-    print(f"MLflow: {result.tracking_uri} (experiment '{result.experiment}'); "
-          f"browse with: mlflow ui --backend-store-uri {result.tracking_uri}")
-    print(f"Ray Tune results: {result.storage_path}")
+    raw = _load(args)
+    preflight.check_paths(raw)  # the spec as given ('~' is refused here), before anything is written
+    spec = resolve_paths(raw)
     if not args.no_report:
-        from analysis.report import write_report
+        preflight.check_report_folder(spec, force=args.force)
+    with driver_lock.hold(spec.tracking.storage_path, spec.tracking.study_name):  # held to the end
+        print(f"normstudy: study '{spec.tracking.study_name}': {', '.join(e.name for e in spec.schemes)} "
+              f"({spec.search.mode} search), MLflow {spec.tracking.tracking_uri}", flush=True)
+        result = run_study(spec, resume=args.resume, fresh=args.fresh)
+        print()
+        print(summary_table(result))
+        print(f"\n{len(result.outcomes)} trials in {result.seconds:.0f} s.")
+        print(f"MLflow: {result.tracking_uri} (experiment '{result.experiment}'); "
+              f"browse with: mlflow ui --backend-store-uri {result.tracking_uri}")
+        print(f"Ray Tune results: {result.storage_path}")
+        if not args.no_report:
+            from analysis.report import write_report
 
-        out = Path(resolve_paths(spec).tracking.storage_path).parent / spec.tracking.report_dir
-        html = write_report(result.tracking_uri, out, experiment=result.experiment, study_run_id=result.study_run_id)
-        print(f"Report: {html}")
+            out = preflight.report_folder(spec)
+            html = write_report(result.tracking_uri, out, experiment=result.experiment,
+                                study_run_id=result.study_run_id)
+            print(f"Report: {html}")
+            if "publish" not in inspect.signature(write_report).parameters:  # newer analysis logs it itself
+                _log_report(result, out)
     return 0
+
+
+def _log_report(result, folder: Path) -> None:
+    """The report's files as artifacts ``report/`` of the study run: under `ray job submit` the report
+    folder is on the head node, the MLflow server is where everyone looks. (``analysis.report.write_report``
+    with ``publish`` does this itself; then this is not called.)"""
+    from study.tracking import StudyTracker
+    from trainers.run_logger import with_retries
+
+    try:
+        tracker = StudyTracker(result.tracking_uri, result.experiment)
+        with_retries(lambda: tracker.client.log_artifacts(result.study_run_id, str(folder), "report"))
+    except Exception as err:  # noqa: BLE001 - the study and the report on disk are complete; say so, go on
+        print(f"normstudy: note: the report was not logged to MLflow ({type(err).__name__}: "
+              f"{str(err).splitlines()[0][:200] if str(err) else ''}); it is in {folder}", file=sys.stderr)
+        return
+    print(f"Report in MLflow: run {result.study_run_id}, artifacts report/")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -62,3 +62,24 @@ def test_submit_prints_the_ray_job_submit_command(capsys):
     out = capsys.readouterr().out.strip()
     assert out.startswith("ray job submit --address http://127.0.0.1:8265 --working-dir . -- ")
     assert out.endswith("python -m study.cli run --spec specs/quick.yaml --set training.lr=0.2")
+
+
+def test_run_has_force_for_a_report_folder_of_other_files():
+    args = cli.build_parser().parse_args(["run", "--force"])
+    assert args.force is True and cli.build_parser().parse_args(["run"]).force is False
+
+
+def test_run_of_a_study_whose_driver_lock_is_held_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    """Another driver holds the study (here: this test, through study.driver_lock): `normstudy run` exits 2
+    before it starts anything, and leaves the holder's lock in place."""
+    from study import driver_lock
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("study.runner.run_study", lambda *a, **k: pytest.fail("the study ran"))
+    with driver_lock.hold(tmp_path / "normstudy_results", "quick") as lock:
+        assert cli.main(["run", "--resume"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith("normstudy: tracking.study_name: study 'quick' is being run "
+                                                       "by another driver (pid ")
+        assert "`normstudy run --resume` continues it" in err and lock.is_file()
+    assert list(tmp_path.iterdir()) == []
