@@ -169,3 +169,43 @@ def test_names_at_their_limits_pass(cwd):
     spec = spec_mod.load(None, [f"tracking.study_name={'s' * preflight.MAX_STUDY_NAME}",
                                 f"tracking.experiment={'é' * preflight.MAX_EXPERIMENT_NAME}"])
     preflight.check_paths(spec)
+
+
+# --------------------------------------------------------------------------------------------------
+# placement the cluster can never give (a faked three-node cluster, as the multi-node test's)
+
+NODES = [{"Alive": True, "Resources": {"CPU": 2.0, "ddp_node": 1.0}},
+         {"Alive": True, "Resources": {"CPU": 1.0, "ddp_node": 1.0}},
+         {"Alive": False, "Resources": {"CPU": 1.0, "ddp_node": 1.0}}]  # a dead node places nothing
+
+
+@pytest.fixture
+def three_nodes(monkeypatch):
+    import ray
+
+    alive = [n for n in NODES if n["Alive"]]
+    monkeypatch.setattr(ray, "nodes", lambda: NODES)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {k: sum(n["Resources"].get(k, 0) for n in alive)
+                                                           for k in ("CPU", "ddp_node")})
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["scaling.resources_per_worker={gpu_node: 1}"], "scaling.resources_per_worker: 2 workers × 1 'gpu_node' need 2 "
+                                                     "but the cluster has 0"),
+    (["scaling.resources_per_worker={ddp_node: 1.5}"], "scaling.resources_per_worker: 2 workers × 1.5 'ddp_node' need"),
+    (["scaling.num_workers=3", "training.batch_size=63", "scaling.cpus_per_worker=0.5",
+      "scaling.placement_strategy=STRICT_SPREAD"], "scaling.placement_strategy: STRICT_SPREAD puts each of the 3 "
+                                                   "workers on its own node, but only 2 node(s) can hold one"),
+    (["scaling.placement_strategy=STRICT_PACK", "scaling.cpus_per_worker=1.5"],
+     "scaling.placement_strategy: STRICT_PACK puts all 2 workers on one node, but no node can hold them"),
+], ids=["unknown-resource", "too-little-resource", "strict-spread-too-few-nodes", "strict-pack-no-node"])
+def test_placement_the_cluster_cannot_give_is_refused(overrides, expected, three_nodes):
+    spec = spec_mod.load(None, ["scaling.num_workers=2", *overrides])
+    with pytest.raises(SpecError) as refused:
+        preflight.check_placeable(spec)
+    assert str(refused.value).startswith(expected), str(refused.value)
+
+
+def test_placement_the_cluster_can_give_passes(three_nodes):
+    preflight.check_placeable(spec_mod.load(None, ["scaling.num_workers=2", "scaling.placement_strategy=STRICT_SPREAD",
+                                                   "scaling.resources_per_worker={ddp_node: 1}"]))
