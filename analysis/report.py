@@ -3,8 +3,9 @@
     write_report(tracking_uri, out_dir, experiment=..., study_run_id=..., study_name=...) -> report.html
 
 writes into ``out_dir``: report.json (schema: docs/report.md), report.md, a self-contained report.html
-and the PNG plots. The pipeline: collect (MLflow → dataclasses) → summarize / claims / early_warning
-(pure) → plots, curve_plots → document (report.json's dict and the sections) → render (md, html).
+and the PNG plots, then logs them to the study's MLflow runs (``publish``; docs/mlflow_layout.md). The
+pipeline: collect (MLflow → dataclasses) → summarize / claims / early_warning (pure) → plots,
+curve_plots → document (report.json's dict and the sections) → render (md, html) → publish.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from analysis import claims as claims_mod
 from analysis import collect, curve_plots, document, early_warning, plots, render
 from analysis.collect import DEFAULT_EXPERIMENT, ReportError
+from analysis.publish import PublishError, file_stem, publish_report
 from analysis.summarize import SchemeSummary, summarize_scheme
 
 __all__ = ["ReportError", "add_arguments", "main", "render_report", "summarize_all", "write_report"]
@@ -43,8 +45,7 @@ def _draw(summaries: dict[str, SchemeSummary], trials, out: Path) -> dict[str, A
     vrange = plots.accuracy_range(summaries)
     maps = {}
     for name, s in summaries.items():
-        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
-        p = plots.plot_stability_map(s, out / f"stability_{safe}.png", vrange)
+        p = plots.plot_stability_map(s, out / f"stability_{file_stem(name)}.png", vrange)
         if p is not None:
             maps[name] = p.name
     drawn = {
@@ -91,11 +92,14 @@ def write_report(
     experiment: str | None = None,
     study_run_id: str | None = None,
     study_name: str | None = None,
+    publish: bool = True,
 ) -> Path:
     """Write the report of one study into ``out_dir``; return the path of report.html.
 
     The study: ``study_run_id`` if given, else the most recent study run (named ``study_name`` if given)
-    in ``experiment`` (default "normstudy"). Raises :class:`ReportError` with a one-line message."""
+    in ``experiment`` (default "normstudy"). Raises :class:`ReportError` with a one-line message.
+    ``publish``: also log the report to the study's MLflow runs (artifacts ``report/``, run descriptions);
+    if MLflow refuses, a one-line note on stderr says so and the report folder stands."""
     uri = collect.normalize_uri(tracking_uri)
     client = collect.connect(uri)
     study = collect.read_study(
@@ -110,7 +114,13 @@ def write_report(
                 if tid is not None:
                     t = by_id[(s.name, tid)]
                     collect.read_curves(client, t, [collect.ACT_STD_PREFIX + st for st in t.stages])
-    return render_report(study, summaries, out_dir)
+    html = render_report(study, summaries, out_dir)
+    if publish:
+        try:
+            publish_report(study, summaries, out_dir)
+        except PublishError as e:
+            print(f"normstudy: note: {e}; the report is in {Path(out_dir)}", file=sys.stderr)
+    return html
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -130,6 +140,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--study", dest="study_run_id", default=None, metavar="RUN_ID", help="a study run's id")
     parser.add_argument("--study-name", default=None, help="the most recent study run with this name")
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default: {DEFAULT_OUT})")
+    parser.add_argument(
+        "--no-publish",
+        action="store_true",
+        help="only write the folder: do not log the report to the study's MLflow runs (artifacts report/ and "
+        "the runs' descriptions)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -141,6 +157,7 @@ def main(args: argparse.Namespace) -> int:
             experiment=getattr(args, "experiment", None),
             study_run_id=getattr(args, "study_run_id", None),
             study_name=getattr(args, "study_name", None),
+            publish=not getattr(args, "no_publish", False),
         )
     except ReportError as e:
         print(f"normstudy report: error: {e}", file=sys.stderr)

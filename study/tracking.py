@@ -6,7 +6,9 @@ duplicates. docs/mlflow_layout.md is the contract with ``analysis/``.
 
 from __future__ import annotations
 
+import json
 import time
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,21 @@ from trainers.run_logger import with_retries
 
 ROLE, STUDY, SCHEME, TRIAL = "normstudy.role", "normstudy.study", "normstudy.scheme", "normstudy.trial_id"
 PARENT = "mlflow.parentRunId"
+NOTE = "mlflow.note.content"  # a run's (or an experiment's) description in the MLflow UI
+
+# --- how the MLflow UI opens the experiment (docs/mlflow_layout.md, "The MLflow UI") ----------------
+# MLflow 3's experiment type: "custom_model_development" is its "Machine learning" kind (runs table first).
+# Releases with a type per experiment read this tag; 3.17 follows a browser-wide GenAI / Model training
+# switch instead (default GenAI), which the ``workflowType`` query of the links below sets.
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+MODEL_TRAINING_QUERY = "workflowType=machine_learning"
+# A shared runs-table view (the UI's "share view": an experiment tag, opened by ``viewStateShareKey``):
+# the runs' descriptions and the columns that compare trials, without choosing columns by hand.
+RUNS_VIEW = "normstudy"
+RUNS_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW}"
+RUNS_VIEW_COLUMNS = ("attributes.`Description`", "params.`hp.lr`", "params.`hp.init_scale`", "params.`hp.seed`",
+                     "tags.`diverged`", "metrics.`final_train_top1`", "metrics.`final_test_top1`")
+RUNS_VIEW_STATE = json.dumps({"selectedColumns": list(RUNS_VIEW_COLUMNS)}, separators=(",", ":"))
 
 
 def resolve_uri(uri: str, base: str | Path | None = None) -> str:
@@ -29,13 +46,95 @@ def resolve_uri(uri: str, base: str | Path | None = None) -> str:
     return uri
 
 
+def runs_table_url(experiment_id: str, run_id: str | None = None, server: str | None = None) -> str:
+    """The MLflow UI page of an experiment's runs table (in normstudy's view), or of one run, in the
+    model-training view.
+
+    Absolute when ``server`` is an ``http(s)://`` tracking URI; otherwise the fragment ``#/experiments/...``,
+    which resolves against wherever the UI is served (``mlflow ui`` on a SQLite store, or a link on one
+    of MLflow's own pages, as in the descriptions normstudy writes)."""
+    base = server.rstrip("/") + "/" if server and server.startswith(("http://", "https://")) else ""
+    if run_id:
+        return f"{base}#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_QUERY}"
+    return f"{base}#/experiments/{experiment_id}/runs?viewStateShareKey={RUNS_VIEW}&{MODEL_TRAINING_QUERY}"
+
+
+def experiment_note(experiment_id: str) -> str:
+    return ("normstudy: one run per study, its schemes nested under it, their trials under each scheme; a run's "
+            "description says what happened, a study run's artifacts (report/) hold its stability report. "
+            f"Compare schemes in the [runs table]({runs_table_url(experiment_id)}).")
+
+
+def trial_note(summary: Mapping[str, Any]) -> str:
+    """One line on what a trial did, from the loop's summary: "diverged at step 37: loss_spike, layer
+    layer3.0.conv2.v", "train 0.97 / test 0.91", or for a trial that stayed finite at chance "collapsed
+    at step 150: dead_relu, layer layer2; train 0.10 / test 0.10"."""
+    def what(kind: str) -> str:
+        step, cause, layer = (summary.get(f"{kind}_{k}") for k in ("step", "cause", "layer"))
+        where = f" at step {int(float(step))}" if step is not None else ""
+        return f"{where}: {cause or 'unknown cause'}" + (f", layer {layer}" if layer else "")
+
+    if float(summary.get("diverged", 0) or 0) >= 1:
+        return "diverged" + what("divergence")
+    train, test = summary.get("final_train_top1"), summary.get("final_test_top1")
+    if train is None or test is None:
+        return f"finished {int(float(summary.get('steps_done', 0)))} steps without a final evaluation"
+    accuracy = f"train {float(train):.2f} / test {float(test):.2f}"
+    if float(summary.get("collapsed", 0) or 0) >= 1:
+        return f"collapsed{what('collapse')}; {accuracy}"
+    return accuracy
+
+
+def scheme_progress_note(trial_runs: list[Any]) -> str:
+    """A scheme run's one line while its trials finish: how many, how many diverged and why, the best."""
+    done = [r for r in trial_runs if r.info.status == "FINISHED"]
+    note = f"{len(done)} trials finished"
+    for kind, cause_tag in (("diverged", "divergence_cause"), ("collapsed", "collapse_cause")):
+        runs = [r for r in done if r.data.tags.get(kind) == "1"]
+        if runs or kind == "diverged":
+            causes = Counter(r.data.tags.get(cause_tag) or "unknown" for r in runs)
+            note += f", {len(runs)} {kind}" + (" (" + ", ".join(f"{n} {c}" for c, n in causes.most_common()) + ")"
+                                              if causes else "")
+    others = Counter(r.info.status.lower() for r in trial_runs if r.info.status != "FINISHED")
+    if others:
+        note += "; " + ", ".join(f"{n} {s}" for s, n in sorted(others.items()))
+    stable = [r for r in done if "1" not in (r.data.tags.get("diverged"), r.data.tags.get("collapsed"))
+              and "final_test_top1" in r.data.metrics]
+    if stable:
+        best = max(stable, key=lambda r: r.data.metrics["final_test_top1"])
+        m, p = best.data.metrics, best.data.params
+        at = ", ".join(f"{label} {p[k]}" for k, label in (("hp.lr", "lr"), ("hp.init_scale", "init scale"),
+                                                          ("hp.seed", "seed")) if k in p)
+        note += f"; best: train {m.get('final_train_top1', float('nan')):.2f} / test {m['final_test_top1']:.2f}"
+        note += f" ({at})" if at else ""
+    return note
+
+
 class StudyTracker:
     def __init__(self, tracking_uri: str, experiment: str) -> None:
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
         exp = with_retries(lambda: self.client.get_experiment_by_name(experiment))
-        self.experiment_id = exp.experiment_id if exp else with_retries(
-            lambda: self.client.create_experiment(experiment))
+        if exp is None:
+            self.experiment_id = with_retries(lambda: self.client.create_experiment(
+                experiment, tags={EXPERIMENT_KIND: MODEL_TRAINING, RUNS_VIEW_TAG: RUNS_VIEW_STATE}))
+            self._set_experiment_tag(NOTE, experiment_note(self.experiment_id))
+        else:
+            self.experiment_id = exp.experiment_id
+            self._mark_model_training(exp.tags)
+
+    def _mark_model_training(self, tags: Mapping[str, str]) -> None:
+        """An existing experiment (an older normstudy's, or one made by hand) gets the kind and the runs
+        view too; a description of its own is kept. Nothing is written when all is in place (every trial
+        opens a tracker)."""
+        for key, value in ((EXPERIMENT_KIND, MODEL_TRAINING), (RUNS_VIEW_TAG, RUNS_VIEW_STATE)):
+            if tags.get(key) != value:
+                self._set_experiment_tag(key, value)
+        if not tags.get(NOTE):
+            self._set_experiment_tag(NOTE, experiment_note(self.experiment_id))
+
+    def _set_experiment_tag(self, key: str, value: str) -> None:
+        with_retries(lambda: self.client.set_experiment_tag(self.experiment_id, key, value))
 
     # --- find-or-create -------------------------------------------------------------------------
     def _find(self, tags: Mapping[str, str]) -> Any | None:
@@ -102,8 +201,6 @@ class StudyTracker:
             with_retries(lambda: self.client.log_batch(run_id, tags=chunk))
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
-
-
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         if batch:
@@ -112,9 +209,23 @@ class StudyTracker:
     def log_text(self, run_id: str, text: str, path: str) -> None:
         with_retries(lambda: self.client.log_text(run_id, text, path))
 
-    def finish(self, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
-        if reason:
-            self.set_tags(run_id, {"normstudy.failure_reason": reason[:5000]})
+    def log_artifacts(self, run_id: str, files: list[Path], artifact_path: str) -> None:
+        for f in files:
+            with_retries(lambda f=f: self.client.log_artifact(run_id, str(f), artifact_path))
+
+    def set_note(self, run_id: str, text: str) -> None:
+        """The run's description on its MLflow page (one line: what happened)."""
+        self.set_tags(run_id, {NOTE: text})
+
+    def finish(self, run_id: str, status: str = "FINISHED", reason: str | None = None, note: str | None = None) -> None:
+        """Close a run. A run that did not finish says why in its description too (``note``, else
+        "killed: <reason>"), so a trial stopped by the scheduler does not read "running" for good."""
+        tags = {"normstudy.failure_reason": reason[:5000]} if reason else {}
+        if note is None and reason and status != "FINISHED":
+            note = f"{status.lower()}: {(reason.strip().splitlines() or [''])[0][:300]}"
+        if note:
+            tags[NOTE] = note
+        self.set_tags(run_id, tags)
         with_retries(lambda: self.client.set_terminated(run_id, status=status))
 
     def trial_runs(self, study: str, scheme: str | None = None) -> list[Any]:

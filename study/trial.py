@@ -20,9 +20,11 @@ import search_spaces
 from study import provenance
 from study import spec as spec_mod
 from study.spec import StudySpec
-from study.tracking import StudyTracker
+from study.tracking import NOTE, StudyTracker, scheme_progress_note, trial_note
 
-SUMMARY_TAGS = ("divergence_cause", "divergence_step", "divergence_layer")
+# The loop's summary values a trial's run also carries as tags (strings: the runs table filters on them).
+SUMMARY_TAGS = ("divergence_cause", "divergence_step", "divergence_layer", "collapsed", "outcome", "collapse_cause",
+                "collapse_step", "collapse_layer")
 
 
 def resolve_trial_spec(study_spec: dict[str, Any], scheme: str, hp: dict[str, Any]) -> StudySpec:
@@ -69,16 +71,29 @@ def run_trial(config: dict[str, Any], *, study_spec: dict[str, Any], parent_runs
 
                 torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
             summary = train_loop_per_worker(dict(loop_config, session="tune"))
-        tags = {"diverged": str(int(summary.get("diverged", 0)))}
-        tags.update({k: _tag(summary[k]) for k in SUMMARY_TAGS if k in summary})
+        tags = {"diverged": str(int(summary.get("diverged", 0))), NOTE: trial_note(summary)}
+        tags.update({k: _tag(summary[k]) for k in SUMMARY_TAGS if summary.get(k) is not None})
         tracker.set_tags(run_id, tags)
         tracker.finish(run_id)
     except BaseException as err:  # noqa: BLE001 - any stop (error, kill, ASHA) leaves the run closed
         if isinstance(err, Exception):
-            tracker.finish(run_id, "FAILED", reason=repr(err))
+            tracker.finish(run_id, "FAILED", reason=repr(err))  # its description: "failed: <the error>"
+            _update_scheme_note(tracker, spec.tracking.study_name, scheme, parent_runs[scheme])
         else:  # Tune ends a stopped trial's thread with SystemExit
-            tracker.finish(run_id, "KILLED", reason=f"stopped early by Tune (scheduler or shutdown): {err!r}")
+            tracker.finish(run_id, "KILLED", reason=f"stopped early by Tune (scheduler or shutdown): {err!r}",
+                           note="stopped early by Tune (scheduler or shutdown)")
         raise
+    _update_scheme_note(tracker, spec.tracking.study_name, scheme, parent_runs[scheme])
+
+
+def _update_scheme_note(tracker: StudyTracker, study: str, scheme: str, scheme_run: str) -> None:
+    """The scheme run's description, recounted from its trial runs as each one ends; the report, when
+    written, replaces it with its own summary. Two trials ending at once may leave it a trial short
+    until the next one ends (each counts after closing its own run, but the writes can cross)."""
+    try:
+        tracker.set_note(scheme_run, scheme_progress_note(tracker.trial_runs(study, scheme)))
+    except Exception:  # noqa: BLE001 - a description must not fail a trial that trained
+        pass
 
 
 def _trial_run(tracker: StudyTracker, spec: StudySpec, scheme: str, trial_id: str, parent: str,
@@ -92,7 +107,9 @@ def _trial_run(tracker: StudyTracker, spec: StudySpec, scheme: str, trial_id: st
     params.update({f"hp.{k}": v for k, v in hp.items()})
     params["scheme"] = scheme
     params.update(provenance.collect())
-    tags = {"seed": spec.training.seed, "diverged": "0"}
+    # lr and init scale beside seed and diverged: the tags MLflow's compare view lists in one short table
+    tags = {"seed": spec.training.seed, "diverged": "0", NOTE: "running",
+            **{k: hp[k] for k in ("lr", "init_scale") if k in hp}}
     return tracker.trial_run(spec.tracking.study_name, scheme, trial_id, parent, params, tags)
 
 

@@ -1,16 +1,19 @@
-"""write_report end to end on a real MLflow SQLite store written through the MLflow API."""
+"""write_report end to end on a real MLflow SQLite store written through the MLflow API, including what it
+logs back to the study's runs (analysis/publish.py)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import socket
+from pathlib import Path
 
 import pytest
 
 from analysis import report
 from analysis.collect import Curve, read_study
-from analysis.report import ReportError, write_report
+from analysis.publish import scheme_note
+from analysis.report import ReportError, summarize_all, write_report
 from tests.analysis.conftest import copy_store
 from tests.analysis.synth import STAGES, study, trial, write_mlflow
 
@@ -70,8 +73,11 @@ def known_study(bn_better: bool, name: str, shares: dict | None = None):
 @pytest.fixture(scope="module")
 def two_studies(empty_store, tmp_path_factory):
     """Experiment 'normstudy': study 'bn_wins'; experiment 'flipped': study 'wn_wins' with norm_share and
-    without per-stage activations. Written once; the tests only read it."""
-    uri, client = copy_store(empty_store, tmp_path_factory.mktemp("two_studies"))
+    without per-stage activations. Written once; the tests read it, and log reports to bn_wins only."""
+    folder = tmp_path_factory.mktemp("two_studies")
+    uri, client = copy_store(empty_store, folder)
+    for name in ("normstudy", "flipped"):  # artifacts in the test's folder, not in ./mlruns of the cwd
+        client.create_experiment(name, artifact_location=(folder / "artifacts" / name).as_uri())
     flipped = known_study(False, "wn_wins", {"bn": {"norm_share": 0.3}, "wn": {"norm_share": 0.05}})
     for sch in flipped.schemes:
         for t in sch.trials:
@@ -129,7 +135,7 @@ def test_report_json_numbers(two_studies, tmp_path):
 
 def test_claims_flip_with_the_data(two_studies, tmp_path):
     uri, _, _ = two_studies
-    write_report(uri, tmp_path, experiment="flipped")
+    write_report(uri, tmp_path, experiment="flipped", publish=False)  # wn_wins stays unpublished (below)
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["study"]["name"] == "wn_wins"
     assert data["schemes"]["bn"]["best"]["test_top1"]["mean"] == pytest.approx(0.66)
@@ -205,5 +211,64 @@ def test_cli_main_passes_its_options_and_reports_errors_in_one_line(store, tmp_p
         "experiment": None,
         "study_run_id": "abc",
         "study_name": "S",
+        "publish": True,
     }
     assert capsys.readouterr().out.strip() == str(tmp_path / "r" / "report.html")
+    assert report.main(parser.parse_args(["--no-publish"])) == 0
+    assert seen["publish"] is False
+
+
+# --------------------------------------------------------------------------------------------------
+# what write_report logs back to MLflow
+
+
+def _artifacts(client, run_id: str, path: str = "report") -> set[str]:
+    return {f.path.split("/")[-1] for f in client.list_artifacts(run_id, path)}
+
+
+def test_report_is_logged_to_the_study_and_scheme_runs(two_studies, tmp_path):
+    uri, client, ids = two_studies
+    write_report(uri, tmp_path / "out", study_run_id=ids["bn_wins"])
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    pngs = {p.name for p in (tmp_path / "out").glob("*.png")}
+    assert len(pngs) >= 5 and "stability_wn.png" in pngs
+    assert _artifacts(client, ids["bn_wins"]) == {"report.html", "report.md", "report.json"} | pngs
+    (tmp_path / "dl").mkdir()
+    logged = client.download_artifacts(ids["bn_wins"], "report/report.json", str(tmp_path / "dl"))
+    assert json.loads(Path(logged).read_text()) == data  # the very file
+
+    st = read_study(uri, study_run_id=ids["bn_wins"])
+    summaries = summarize_all(st)
+    for sch in st.schemes:
+        assert _artifacts(client, sch.run_id) == {f"stability_{sch.name}.png", f"curves_{sch.name}.png"}
+        note = client.get_run(sch.run_id).data.tags["mlflow.note.content"]
+        assert note == scheme_note(summaries[sch.name])
+    wn = client.get_run(st.schemes[1].run_id).data.tags["mlflow.note.content"]
+    assert wn.startswith("8 trials, 3 diverged (2 loss_spike, 1 nonfinite_loss); best lr 0.1, init scale 1: "
+                         "train 0.91 / test 0.71 over 2 seeds; largest stable lr 0.1 (init scale 1)")
+    study_note = client.get_run(ids["bn_wins"]).data.tags["mlflow.note.content"]
+    assert "report/report.html" in study_note and f"- **wn**: {wn}" in study_note
+    exp = client.get_experiment_by_name("normstudy")  # reporting on it marked the experiment model-training
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "workflowType=machine_learning" in exp.tags["mlflow.note.content"]
+
+
+def test_no_publish_writes_nothing_to_mlflow(two_studies, tmp_path):
+    uri, client, ids = two_studies
+    before = client.get_run(ids["wn_wins"]).data.tags
+    write_report(uri, tmp_path / "out", study_run_id=ids["wn_wins"], publish=False)
+    assert (tmp_path / "out" / "report.html").is_file()
+    assert client.list_artifacts(ids["wn_wins"]) == [] and client.get_run(ids["wn_wins"]).data.tags == before
+
+
+def test_an_artifact_store_that_refuses_leaves_the_report_and_says_so(store, tmp_path, capsys):
+    uri, client = store
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")  # a file where the artifact folder should be: every upload fails
+    client.create_experiment("normstudy", artifact_location=(blocker / "artifacts").as_uri())
+    run_id = write_mlflow(client, "normstudy", known_study(True, "blocked"))
+    html = write_report(uri, tmp_path / "out")
+    assert html.is_file() and (tmp_path / "out" / "report.json").is_file()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"logging the report to MLflow run {run_id} failed" in err
+    assert str(tmp_path / "out") in err

@@ -1,0 +1,105 @@
+"""The stability report in MLflow, next to the runs it describes (docs/mlflow_layout.md).
+
+On a cluster the report folder is on the head node and the MLflow UI is all a team sees, so after
+``write_report`` has written the folder:
+- the study run gets the report as artifacts under ``report/``: report.html, report.md, report.json and
+  every plot report.json names;
+- each scheme run gets its own stability map and curves (its representative trials' loss and gradient
+  norm) under ``report/``;
+- the runs' descriptions (MLflow's run notes): each scheme run one line on its trials, the study run one
+  line per scheme and where the report is.
+Logging again (``normstudy report`` once more) replaces the files of the same names.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from analysis import curve_plots
+from analysis.collect import StudyData
+from analysis.summarize import SchemeSummary
+
+ARTIFACT_DIR = "report"
+REPORT_FILES = ("report.html", "report.md", "report.json")
+
+
+class PublishError(Exception):
+    """Logging the report to MLflow failed (the report folder itself is complete)."""
+
+
+def file_stem(name: str) -> str:
+    """A scheme name as it appears in file names (stability_<stem>.png)."""
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+
+
+def report_files(out: Path) -> list[Path]:
+    """The files of the report in ``out``: the three documents and the plots report.json names (not
+    whatever else the folder holds)."""
+    plots = json.loads((out / "report.json").read_text(encoding="utf-8")).get("plots", {})
+    names = [*plots.get("stability_maps", {}).values(), *(v for k, v in plots.items() if k != "stability_maps")]
+    return [out / f for f in REPORT_FILES] + [out / n for n in sorted(set(filter(None, names)))]
+
+
+def _num(x: float | None, fmt: str = ".2f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def scheme_note(s: SchemeSummary) -> str:
+    """One line: "8 trials, 3 diverged (2 loss_spike, 1 non_finite_loss); best lr 0.1, init scale 1:
+    train 0.91 / test 0.71 over 2 seeds; largest stable lr 0.1 (init scale 1), 0.03 (init scale 3)"."""
+    note = f"{s.n_trials} trials, {s.n_diverged} diverged"
+    if s.divergence_causes:
+        note += " (" + ", ".join(f"{n} {c}" for c, n in s.divergence_causes.items()) + ")"
+    if s.n_collapsed:
+        note += f", {s.n_collapsed} collapsed (" + ", ".join(f"{n} {c}" for c, n in s.collapse_causes.items()) + ")"
+    if s.n_finished < s.n_trials:
+        note += f", {s.n_trials - s.n_finished} did not finish"
+    if s.best is not None:
+        cfg = s.best.config
+        at = ", ".join(f"{label} {cfg[k]:g}" for k, label in (("lr", "lr"), ("init_scale", "init scale"))
+                       if isinstance(cfg.get(k), int | float))
+        seeds = s.best.train_top1.n
+        note += (f"; best {at}: train {_num(s.best.train_top1.mean)} / test {_num(s.best.test_top1.mean)}"
+                 f" over {seeds} seed{'s' if seeds != 1 else ''}")
+    stable = [(c.get("init_scale"), c.get("lr")) for c in s.stability.largest_stable_lr]
+    if stable:
+        parts = [("none" if lr is None else f"{lr:g}") + ("" if scale is None else f" (init scale {scale:g})")
+                 for scale, lr in stable]
+        note += "; largest stable lr " + ", ".join(parts)
+    return note
+
+
+def study_note(study: StudyData, summaries: Mapping[str, SchemeSummary], runs_url: str) -> str:
+    lines = [f"Stability report of study {study.name}: artifacts {ARTIFACT_DIR}/report.html (one self-contained "
+             f"page), with report.md, report.json and the plots beside it; compare schemes in the "
+             f"[runs table]({runs_url}).", ""]
+    lines += [f"- **{name}**: {scheme_note(s)}" for name, s in summaries.items()]
+    return "\n".join(lines)
+
+
+def publish_report(study: StudyData, summaries: Mapping[str, SchemeSummary], out_dir: str | Path) -> None:
+    """Log the report in ``out_dir`` to the study's MLflow runs; a :class:`PublishError` (one line) if
+    MLflow refuses."""
+    from study.tracking import StudyTracker, runs_table_url  # here: mlflow is slow to import, `--help` needs none
+
+    out = Path(out_dir)
+    try:
+        tracker = StudyTracker(study.tracking_uri, study.experiment)  # also marks the experiment model-training
+        maps = json.loads((out / "report.json").read_text(encoding="utf-8")).get("plots", {}).get("stability_maps", {})
+        tracker.log_artifacts(study.run_id, report_files(out), ARTIFACT_DIR)
+        trials = {(t.scheme, t.trial_id): t for sch in study.schemes for t in sch.trials}
+        with tempfile.TemporaryDirectory(prefix="normstudy-publish-") as tmp:
+            for sch in study.schemes:
+                s = summaries[sch.name]
+                files = [out / maps[sch.name]] if sch.name in maps else []
+                curves = curve_plots.plot_curves({sch.name: s}, trials, Path(tmp) / f"curves_{file_stem(sch.name)}.png")
+                files += [curves] if curves else []
+                tracker.log_artifacts(sch.run_id, files, ARTIFACT_DIR)
+                tracker.set_note(sch.run_id, scheme_note(s))
+        tracker.set_note(study.run_id, study_note(study, summaries, runs_table_url(tracker.experiment_id)))
+    except Exception as err:  # noqa: BLE001 - MLflow, HTTP and artifact-store errors all land here
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise PublishError(f"logging the report to MLflow run {study.run_id} failed: {first}") from err
