@@ -1,10 +1,12 @@
-"""The study driver: for each scheme, one Ray Tune experiment over the same budget.
+"""The study driver: Ray Tune experiments over the same budget for every scheme.
 
-``grid`` mode runs every (lr × init scale × seed) point — the stability map needs the full grid;
-``optuna`` mode lets Optuna's TPE (through Ray Tune's ``OptunaSearch``, seeded) sample the scheme
-family's space from ``search_spaces/``. Trials are ``study.trial.run_trial``. Experiments are stored
-under ``tracking.storage_path/<study_name>/<scheme>`` so ``--resume`` restores them with
-``Tuner.restore``; MLflow runs are found again by their tags.
+``grid`` mode runs every (lr × init scale × seed) point — the stability map needs the full grid — in
+one experiment for all schemes; ``optuna`` mode lets Optuna's TPE (through Ray Tune's ``OptunaSearch``,
+seeded) sample the scheme family's space from ``search_spaces/``, one experiment per scheme;
+``boundary`` mode brackets and bisects log lr for the largest stable rate of every (scheme, init scale)
+(``study.boundary_search.BoundarySearch``), in one experiment for all schemes. Trials are
+``study.trial.run_trial``. Experiments are stored under ``tracking.storage_path/<study_name>/<name>``
+so ``--resume`` restores them with ``Tuner.restore``; MLflow runs are found again by their tags.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class StudyResult:
     storage_path: str
     outcomes: list[TrialOutcome] = field(default_factory=list)
     seconds: float = 0.0
+    boundary: list[dict[str, Any]] = field(default_factory=list)  # boundary mode: one row per bracket
 
 
 def resolve_paths(spec: StudySpec, base: str | Path | None = None) -> StudySpec:
@@ -95,6 +98,7 @@ def run_study(spec: StudySpec, *, resume: bool = False, fresh: bool = False, out
     from study.trial import run_trial, uses_torch_trainer
 
     started = time.time()
+    check_mode(spec)
     spec = resolve_paths(spec)
     study = spec.tracking.study_name
     root = Path(spec.tracking.storage_path) / study
@@ -126,6 +130,8 @@ def run_study(spec: StudySpec, *, resume: bool = False, fresh: bool = False, out
         # One experiment holds every scheme's grid: trial actors are reused across schemes (a new
         # experiment per scheme pays the actor start-up — ~20 s on 2 cores — once per scheme).
         experiments = [("grid", None, grid_points(spec))]
+    elif spec.search.mode == "boundary":  # one searcher over every (scheme, init scale) bracket
+        experiments = [("boundary", None, None)]
     else:
         experiments = [(e.name, e.name, None) for e in spec.schemes]
     for name, scheme, points in experiments:
@@ -142,12 +148,50 @@ def run_study(spec: StudySpec, *, resume: bool = False, fresh: bool = False, out
             hp = dict((r.config or {}).get("point", r.config or {}))
             result.outcomes.append(TrialOutcome(hp.pop("scheme", scheme), _hp_of(hp), dict(r.metrics or {}),
                                                 None if r.error is None else repr(r.error)))
+    if spec.search.mode == "boundary":
+        result.boundary = boundary_rows(spec, result.outcomes)
     for entry in spec.schemes:
         _close_stopped_trials(tracker, study, entry.name)
         tracker.finish(parent_runs[entry.name])
     tracker.finish(study_run)
     result.seconds = time.time() - started
     return result
+
+
+def check_mode(spec: StudySpec) -> None:
+    """Refuse what the search mode cannot use, before anything is written."""
+    s = spec.search
+    if s.mode != "boundary":
+        return
+    low, high = s.boundary_lr
+    if not low < high:
+        raise SpecError(f"search.boundary_lr: the low end must be below the high end, got [{low:g}, {high:g}]; "
+                        "e.g. [0.01, 1.0]")
+    if s.scheduler != "none":
+        raise SpecError(f"search.scheduler: {s.scheduler} stops trials early, so boundary mode could not tell a "
+                        "stopped trial from a stable one; set search.scheduler: none")
+
+
+def boundary_rows(spec: StudySpec, outcomes: list[TrialOutcome]) -> list[dict[str, Any]]:
+    """The bracket of every (scheme, init scale) from the trials' results: scheme, init_scale, stable_lr,
+    diverged_lr, ratio, converged (diverged/stable within search.boundary_tolerance), points, trials."""
+    from study.boundary import bracket_of, point_status, within
+    from study.boundary_search import bracket_keys, classify
+
+    seeds: dict[tuple, dict[float, dict[int, str]]] = {k: {} for k in bracket_keys(spec)}
+    for o in outcomes:
+        key = (o.scheme, o.hp.get("init_scale"))
+        if key in seeds and "lr" in o.hp:
+            seeds[key].setdefault(float(o.hp["lr"]), {})[o.hp.get("seed")] = classify(o.metrics, o.error is not None)
+    rows = []
+    for (scheme, scale), points in seeds.items():
+        stable, diverged = bracket_of({lr: point_status(v.values()) for lr, v in points.items()})
+        ratio = diverged / stable if stable and diverged else None
+        converged = ratio is not None and within(stable, diverged, spec.search.boundary_tolerance)
+        rows.append({"scheme": scheme, "init_scale": scale, "stable_lr": stable, "diverged_lr": diverged,
+                     "ratio": ratio, "converged": converged, "points": len(points),
+                     "trials": sum(len(v) for v in points.values())})
+    return rows
 
 
 def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
@@ -174,8 +218,11 @@ def _plan(spec: StudySpec, scheme: str) -> dict[str, Any]:
     from trainers import norms
 
     has_init = norms.get(scheme).has_init_scale
+    rows = len(spec.search.grid_init_scale) if has_init else 1
     if spec.search.mode == "grid":
-        n = len(spec.search.grid_lr) * len(spec.search.seeds) * (len(spec.search.grid_init_scale) if has_init else 1)
+        n = len(spec.search.grid_lr) * len(spec.search.seeds) * rows
+    elif spec.search.mode == "boundary":  # unknown up front: the cap (search.boundary_max_points) bounds it
+        n = spec.search.boundary_max_points * len(spec.search.seeds) * rows
     else:
         n = spec.search.num_samples
     return {"trials": n, "has_init_scale": has_init}
@@ -190,6 +237,12 @@ def _new_tuner(spec: StudySpec, name: str, scheme: str | None, points: list[dict
     if points is not None:
         space: dict[str, Any] = {"point": tune.grid_search(points)}
         search_alg, num_samples = None, 1
+    elif s.mode == "boundary":
+        from study.boundary_search import BoundarySearch
+
+        search_alg = BoundarySearch.from_spec(spec)
+        # Tune stops asking after num_samples: the cap, which the searcher never exceeds (it says FINISHED).
+        space, num_samples = {}, search_alg.upper_bound_trials()
     else:
         from ray.tune.search.optuna import OptunaSearch
 
@@ -278,7 +331,20 @@ def summary_table(result: StudyResult) -> str:
         best_s = (f"{best.metrics['final_test_top1']:.3f}            ({best.hp.get('lr'):g}, "
                   f"{best.hp.get('init_scale', '-')}, {best.hp.get('seed')})" if best else "-")
         rows.append(f"{scheme:10s}  {len(outs):6d}  {len(div):8d}  {best_s:42s}  {mean_tr:.3f} / {mean_te:.3f}")
+    if result.boundary:
+        rows += ["", "boundary    init    largest stable lr  smallest diverged lr  ratio  within tolerance  "
+                 "rates  trials"]
+        for b in result.boundary:
+            ratio = "-" if b["ratio"] is None else f"{b['ratio']:.2f}"
+            init = "-" if b["init_scale"] is None else f"{b['init_scale']:g}"
+            rows.append(f"{b['scheme']:10s}  {init:6s}  {_lr_text(b['stable_lr']):17s}  "
+                        f"{_lr_text(b['diverged_lr']):20s}  {ratio:5s}  {'yes' if b['converged'] else 'no':16s}  "
+                        f"{b['points']:5d}  {b['trials']:6d}")
     return "\n".join(rows)
+
+
+def _lr_text(lr: float | None) -> str:
+    return "-" if lr is None else f"{lr:.4g}"
 
 
 __all__ = ["run_study", "summary_table", "StudyResult", "ROLE"]

@@ -145,3 +145,111 @@ def test_driver_killed_then_resume_finishes_exact_budget_without_duplicates(tmp_
         assert len({float(t.data.params["hp.lr"]) for t in runs}) == 4  # each grid point exactly once
         assert all(t.info.status == "FINISHED" for t in runs)
     assert len(_runs(uri, "kill", "study")) == 1 and len(_runs(uri, "kill", "scheme")) == 2
+
+
+BOUNDARY = TINY + ["search.mode=boundary", "search.boundary_lr=[0.1, 100.0]", "search.boundary_tolerance=6",
+                   "search.grid_init_scale=[1.0]"]
+
+
+def _brackets_from_mlflow(trials: list) -> dict[tuple, dict]:
+    """Per (scheme, init scale): {lr: {seed: diverged?}} and the lrs in the order they were first started."""
+    out: dict[tuple, dict] = {}
+    for t in sorted(trials, key=lambda t: t.info.start_time):
+        p = t.data.params
+        key = (t.data.tags[SCHEME], float(p["hp.init_scale"]) if "hp.init_scale" in p else None)
+        entry = out.setdefault(key, {"seeds": {}, "order": []})
+        lr, seed = float(p["hp.lr"]), int(p["hp.seed"])
+        assert seed not in entry["seeds"].get(lr, {}), f"{key} lr={lr} seed={seed} ran twice"
+        entry["seeds"].setdefault(lr, {})[seed] = t.data.tags["diverged"] == "1"
+        if lr not in entry["order"]:
+            entry["order"].append(lr)
+    return out
+
+
+def _check_brackets(trials: list, seeds: list[int], tolerance: float) -> dict[tuple, tuple]:
+    """Each bracket stopped at the tolerance, no earlier and no later; returns {key: (stable, diverged)}."""
+    from study.boundary import bracket_of, within
+
+    found = {}
+    for key, entry in _brackets_from_mlflow(trials).items():
+        def status(lrs, e=entry):
+            return {lr: "diverged" if any(e["seeds"][lr].values()) else "stable" for lr in lrs}
+
+        stable, diverged = bracket_of(status(entry["order"]))
+        assert stable is not None and diverged is not None and within(stable, diverged, tolerance), key
+        assert sorted(entry["seeds"][stable]) == seeds and not any(entry["seeds"][stable].values())  # every seed
+        s0, d0 = bracket_of(status(entry["order"][:-1]))  # without the last rate: not yet within tolerance
+        assert s0 is None or d0 is None or not within(s0, d0, tolerance), f"{key} went on past the tolerance"
+        found[key] = (stable, diverged)
+    return found
+
+
+def test_boundary_study_bisects_to_tolerance_in_the_grid_hierarchy(tmp_path, ray_cluster, monkeypatch):
+    """bn and wn brackets side by side in one experiment; each stops once diverged/stable ≤ tolerance."""
+    from analysis.boundary import scheme_boundary
+    from analysis.collect import read_study
+
+    monkeypatch.chdir(tmp_path)
+    spec = spec_mod.load(None, BOUNDARY + ["schemes=[bn, wn]", "search.seeds=[0, 1]", "tracking.study_name=bnd"])
+    out = io.StringIO()
+    result = run_study(spec, out=out)
+
+    uri = result.tracking_uri
+    studies, schemes, trials = _runs(uri, "bnd", "study"), _runs(uri, "bnd", "scheme"), _runs(uri, "bnd", "trial")
+    assert len(studies) == 1 and len(schemes) == 2
+    scheme_ids = {r.data.tags[SCHEME]: r.info.run_id for r in schemes}
+    assert all(r.data.tags["mlflow.parentRunId"] == studies[0].info.run_id for r in schemes)
+    assert all(r.data.params["search.mode"] == "boundary" for r in schemes)
+    for t in trials:
+        assert t.data.tags["mlflow.parentRunId"] == scheme_ids[t.data.tags[SCHEME]]
+        assert t.info.status == "FINISHED" and "training.momentum" in t.data.params
+    found = _check_brackets(trials, [0, 1], 6.0)
+    assert set(found) == {("bn", None), ("wn", 1.0)}
+    # the driver's rows, the report's analysis (read back from MLflow) and the runs agree
+    rows = {(b["scheme"], b["init_scale"]): b for b in result.boundary}
+    assert {k: (r["stable_lr"], r["diverged_lr"]) for k, r in rows.items()} == found
+    assert all(r["converged"] for r in rows.values()) and sum(r["trials"] for r in rows.values()) == len(trials)
+    study = read_study(uri, study_name="bnd", curves=())
+    for sd in study.schemes:
+        for b in scheme_boundary(sd.trials):
+            assert (b["stable_lr"], b["diverged_lr"]) == found[(sd.name, b["init_scale"])]
+            assert b["trials"] == rows[(sd.name, b["init_scale"])]["trials"]
+    assert len([ln for ln in out.getvalue().splitlines() if ln.startswith("[")]) == len(trials)
+    assert "smallest diverged lr" in summary_table(result)
+
+
+def test_boundary_mode_refuses_asha_and_an_inverted_bracket(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for extra, field in ((["search.scheduler=asha"], "search.scheduler"),
+                         (["search.boundary_lr=[1.0, 0.1]"], "search.boundary_lr")):
+        spec = spec_mod.load(None, BOUNDARY + ["tracking.study_name=refuse"] + extra)
+        with pytest.raises(spec_mod.SpecError, match=field):
+            run_study(spec)
+    assert not (tmp_path / "normstudy_results").exists() and not (tmp_path / "mlruns.db").exists()
+
+
+def test_boundary_driver_killed_then_resume_finishes_the_bracket_once_each(tmp_path, ray_cluster):
+    """SIGKILL the driver mid-search; `--resume` restores the searcher and ends at the tolerance, no (lr, seed)
+    trained twice."""
+    overrides = BOUNDARY + ["schemes=[bn]", "search.seeds=[0, 1]", "tracking.study_name=bkill"]
+    args = [sys.executable, "-m", "study.cli", "run", "--no-report"] + [a for o in overrides for a in ("--set", o)]
+    env = dict(os.environ, RAY_ADDRESS=ray_cluster, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    finished, deadline = 0, time.time() + 180
+    for line in proc.stdout:
+        finished += line.startswith("[")
+        if finished >= 3 or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert finished >= 3, "the driver never finished 3 trials before the kill"
+
+    done = subprocess.run(args + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    trials = _runs(f"sqlite:///{tmp_path}/mlruns.db", "bkill", "trial")
+    assert all(t.info.status == "FINISHED" for t in trials)
+    assert set(_check_brackets(trials, [0, 1], 6.0)) == {("bn", None)}  # also: no (lr, seed) ran twice
+    resumed = [ln for ln in done.stdout.splitlines() if ln.startswith("[")]
+    assert 0 < len(resumed) < len(trials)  # the restored searcher went on from its state, it did not start over
+    assert "smallest diverged lr" in done.stdout

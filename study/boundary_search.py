@@ -1,0 +1,143 @@
+"""``search.mode: boundary`` as a Ray Tune ``Searcher``: the largest stable learning rate of every
+(scheme, init scale), found by bracketing and bisecting log lr (the state machine is
+:class:`study.boundary.Bracket`; the algorithm is described there).
+
+One searcher drives every bracket of a study in one Tune experiment, like grid mode (trial actors are
+reused across schemes). Its trials have grid mode's config shape, ``{"point": {"scheme", "lr",
+"init_scale", "seed"}}``, so ``study.trial.run_trial`` trains them, logs them to the same MLflow hierarchy
+(study → scheme → trial) and the progress lines read them, unchanged.
+
+- ``suggest`` hands out one (lr, seed) a call: first the pending rates' missing seeds, then new rates,
+  taking the brackets in turn so that independent brackets run side by side; ``None`` while every
+  bracket waits on running trials; ``FINISHED`` once every bracket has stopped.
+- ``on_trial_complete`` classifies the trial's last result: ``diverged=1`` → diverged; trained to the
+  end (a ``final_test_top1``) → stable; an error, or a trial stopped without a summary → error (the
+  bracket stops there and its report says so: a failure is not a divergence).
+- ``save``/``restore`` pickle every bracket's outcomes and the running trials, so ``normstudy run
+  --resume`` (``Tuner.restore``) re-runs the unfinished trials under their ids and carries on. Tune
+  checkpoints the trial list and this state together, so the two agree after a driver kill.
+- Concurrency is limited here (``set_max_concurrency``), not by Tune's ``ConcurrencyLimiter``, which
+  would drop the result of an errored trial re-run on ``--resume``.
+
+Known limit: an errored trial re-run on ``--resume`` after every bracket had stopped updates its
+bracket's outcome, but Tune no longer asks a finished searcher for trials, so a bracket it reopened stays
+where it was (start a new study, or rerun that scheme, to continue it).
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+from ray.tune.search import Searcher
+
+from study.boundary import Bracket, Outcome
+from study.spec import StudySpec
+
+
+def bracket_keys(spec: StudySpec) -> list[tuple[str, float | None]]:
+    """Every (scheme, init scale) of a boundary study; init scale ``None`` where the scheme has none."""
+    from trainers import norms
+
+    keys: list[tuple[str, float | None]] = []
+    for entry in spec.schemes:
+        scales = spec.search.grid_init_scale if norms.get(entry.name).has_init_scale else [None]
+        keys.extend((entry.name, s) for s in scales)
+    return keys
+
+
+def classify(result: dict[str, Any] | None, error: bool) -> Outcome:
+    """A finished trial's outcome from its last reported result."""
+    if error or not result:
+        return "error"
+    if float(result.get("diverged", 0) or 0) >= 1:
+        return "diverged"
+    return "stable" if result.get("final_test_top1") is not None else "error"
+
+
+class BoundarySearch(Searcher):
+    """Tune searcher over every (scheme, init scale) bracket of a boundary study."""
+
+    def __init__(self, keys: list[tuple[str, float | None]], *, low: float, high: float, tolerance: float,
+                 max_points: int, seeds: list[int], max_concurrent: int = 0, metric: str = "objective",
+                 mode: str = "max") -> None:
+        super().__init__(metric=metric, mode=mode)
+        self.keys = list(keys)
+        self.brackets = {k: Bracket(low, high, tolerance, max_points, tuple(seeds)) for k in self.keys}
+        self.running: dict[str, tuple[tuple[str, float | None], float, int]] = {}  # trial id -> (key, lr, seed)
+        self.finished: dict[str, tuple[tuple[str, float | None], float, int]] = {}
+        self.max_concurrent = max_concurrent  # 0: no limit of its own
+        self._turn = 0
+
+    @classmethod
+    def from_spec(cls, spec: StudySpec, max_concurrent: int = 0) -> BoundarySearch:
+        s = spec.search
+        return cls(bracket_keys(spec), low=s.boundary_lr[0], high=s.boundary_lr[1], tolerance=s.boundary_tolerance,
+                   max_points=s.boundary_max_points, seeds=list(s.seeds), max_concurrent=max_concurrent,
+                   mode=s.mode_direction)
+
+    # --- Tune's Searcher interface ----------------------------------------------------------------
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True  # the space is the brackets; nothing in the param space to adopt
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        self.max_concurrent = max_concurrent
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.max_concurrent and len(self.running) >= self.max_concurrent:
+            return None
+        n = len(self.keys)
+        for i in range(n):  # brackets in turn: each gets a slot before any gets a second
+            key = self.keys[(self._turn + i) % n]
+            reqs = self.brackets[key].requests()
+            if reqs:
+                lr, seed = reqs[0]
+                self.brackets[key].start(lr, seed)
+                self.running[trial_id] = (key, lr, seed)
+                self._turn = (self._turn + i + 1) % n
+                scheme, scale = key
+                point: dict[str, Any] = {"scheme": scheme, "lr": lr, "seed": seed}
+                if scale is not None:
+                    point["init_scale"] = scale
+                return {"point": point}
+        if not self.running and all(b.done for b in self.brackets.values()):
+            return Searcher.FINISHED
+        return None
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        where = self.running.pop(trial_id, None) or self.finished.get(trial_id)
+        if where is None:
+            return  # not one of ours
+        key, lr, seed = where
+        self.brackets[key].record(lr, seed, classify(result, error))
+        self.finished[trial_id] = where
+
+    def get_state(self) -> dict[str, Any]:
+        return {"keys": self.keys, "brackets": {k: b.state() for k, b in self.brackets.items()},
+                "running": self.running, "finished": self.finished, "max_concurrent": self.max_concurrent,
+                "turn": self._turn}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.keys = [tuple(k) for k in state["keys"]]
+        self.brackets = {tuple(k): Bracket.from_state(b) for k, b in state["brackets"].items()}
+        self.running, self.finished = dict(state["running"]), dict(state["finished"])
+        self.max_concurrent, self._turn = state["max_concurrent"], state["turn"]
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.set_state(pickle.load(f))
+
+    # --- results ------------------------------------------------------------------------------------
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One row per bracket: scheme, init scale, the bracket, its status, rates and trials."""
+        return [{"scheme": k[0], "init_scale": k[1], **b.summary()} for k, b in self.brackets.items()]
+
+    def upper_bound_trials(self) -> int:
+        return sum(b.max_points * len(b.seeds) for b in self.brackets.values())

@@ -1,0 +1,132 @@
+"""The Tune adapter of the boundary search (study/boundary_search.py), driven by hand: no Ray started."""
+
+from __future__ import annotations
+
+import pytest
+from ray.tune.search import Searcher
+
+from study import spec as spec_mod
+from study.boundary import within
+from study.boundary_search import BoundarySearch, bracket_keys, classify
+
+STABLE = {"diverged": 0.0, "final_test_top1": 0.4, "objective": 0.4}
+DIVERGED = {"diverged": 1.0, "objective": 0.0, "divergence_cause": "non_finite_loss"}
+
+
+def _searcher(**kw) -> BoundarySearch:
+    args = dict(low=0.01, high=1.0, tolerance=2**0.5, max_points=12, seeds=[0, 1])
+    args.update(kw)
+    return BoundarySearch([("bn", None), ("wn", 1.0)], **args)
+
+
+def _result(point: dict, boundaries: dict) -> dict:
+    return DIVERGED if point["lr"] > boundaries[(point["scheme"], point.get("init_scale"))] else STABLE
+
+
+def _run(searcher: BoundarySearch, boundaries: dict) -> None:
+    """Like Tune: take suggestions until none comes, then complete the oldest running trial; until FINISHED."""
+    n, live = 0, {}
+    while True:
+        cfg = searcher.suggest(f"t{n}")
+        if cfg == Searcher.FINISHED:
+            return
+        if cfg is not None:
+            live[f"t{n}"] = cfg["point"]
+            n += 1
+            continue
+        assert live, "the searcher waits with nothing running"
+        tid = next(iter(live))
+        searcher.on_trial_complete(tid, _result(live.pop(tid), boundaries))
+
+
+def test_spec_gives_one_bracket_per_scheme_and_init_scale_and_grid_shaped_configs():
+    spec = spec_mod.load(None, ["schemes=[bn, wn]", "search.mode=boundary", "search.grid_init_scale=[1.0, 3.0]",
+                                "search.seeds=[0, 1]"])
+    assert bracket_keys(spec) == [("bn", None), ("wn", 1.0), ("wn", 3.0)]
+    s = BoundarySearch.from_spec(spec)
+    assert s.upper_bound_trials() == 3 * spec.search.boundary_max_points * 2
+    configs = [s.suggest(f"t{i}") for i in range(3)]
+    # brackets in turn, each config the grid's {"point": ...} shape (init_scale only where the scheme has one)
+    assert [c["point"]["scheme"] for c in configs] == ["bn", "wn", "wn"]
+    assert "init_scale" not in configs[0]["point"] and {c["point"].get("init_scale") for c in configs[1:]} == {1.0, 3.0}
+    assert set(configs[0]["point"]) == {"scheme", "lr", "seed"}
+
+
+def test_search_finishes_with_every_bracket_within_tolerance():
+    s = _searcher()
+    boundaries = {("bn", None): 0.37, ("wn", 1.0): 0.021}
+    _run(s, boundaries)
+    rows = {(r["scheme"], r["init_scale"]): r for r in s.summary()}
+    for key, b in boundaries.items():
+        r = rows[key]
+        assert r["status"] == "converged" and r["stable_lr"] <= b < r["diverged_lr"]
+        assert within(r["stable_lr"], r["diverged_lr"], 2**0.5)
+    assert s.suggest("after") == Searcher.FINISHED and not s.running
+
+
+def test_concurrency_limit_and_waiting():
+    s = _searcher(max_concurrent=3)
+    got = [s.suggest(f"t{i}") for i in range(4)]
+    assert all(g is not None for g in got[:3]) and got[3] is None  # the limit, not the end
+    assert s.set_max_concurrency(5) and s.suggest("t4") is not None
+    s2 = BoundarySearch([("bn", None)], low=0.01, high=1.0, tolerance=2.0, max_points=12, seeds=[0])
+    a, b = s2.suggest("a"), s2.suggest("b")
+    assert {a["point"]["lr"], b["point"]["lr"]} == {0.01, 1.0}
+    assert s2.suggest("c") is None  # both ends running: nothing to start, but not finished
+    s2.on_trial_complete("a", STABLE if a["point"]["lr"] == 0.01 else DIVERGED)
+    s2.on_trial_complete("b", DIVERGED if b["point"]["lr"] == 1.0 else STABLE)
+    assert s2.suggest("d")["point"]["lr"] == 0.1
+
+
+@pytest.mark.parametrize("result,error,expected", [
+    (STABLE, False, "stable"), (DIVERGED, False, "diverged"), (None, True, "error"), (None, False, "error"),
+    ({"diverged": 0.0, "objective": 0.0}, False, "error"),  # stopped before its summary: not a stable run
+    (STABLE, True, "error"),
+])
+def test_classify(result, error, expected):
+    assert classify(result, error) == expected
+
+
+def test_save_restore_mid_search_continues_and_accepts_running_trials(tmp_path):
+    boundaries = {("bn", None): 0.37, ("wn", 1.0): 0.021}
+    whole = _searcher()
+    _run(whole, boundaries)
+    part = _searcher()
+    live = {}
+    for i in range(6):
+        cfg = part.suggest(f"t{i}")
+        if cfg is not None:
+            live[f"t{i}"] = cfg["point"]
+    first = next(iter(live))
+    part.on_trial_complete(first, _result(live.pop(first), boundaries))
+    path = tmp_path / "searcher.pkl"
+    part.save(str(path))
+    restored = _searcher(max_points=3)  # whatever it was built with, the saved state wins
+    restored.restore(str(path))
+    assert restored.get_state() == part.get_state()
+    for tid, point in live.items():  # trials running at the kill finish under their ids after the restore
+        restored.on_trial_complete(tid, _result(point, boundaries))
+    n = 100
+    while (cfg := restored.suggest(f"r{n}")) != Searcher.FINISHED:
+        assert cfg is not None
+        restored.on_trial_complete(f"r{n}", _result(cfg["point"], boundaries))
+        n += 1
+    assert [(r["stable_lr"], r["diverged_lr"]) for r in restored.summary()] == \
+        [(r["stable_lr"], r["diverged_lr"]) for r in whole.summary()]
+
+
+def test_an_error_stops_only_its_bracket_and_a_rerun_of_it_is_recorded():
+    s = BoundarySearch([("bn", None), ("wn", 1.0)], low=0.01, high=1.0, tolerance=2.0, max_points=12, seeds=[0])
+    cfgs = {f"t{i}": s.suggest(f"t{i}")["point"] for i in range(4)}
+    for tid, p in cfgs.items():
+        if p["scheme"] == "bn" and p["lr"] == 0.01:
+            s.on_trial_complete(tid, None, error=True)
+            errored = tid
+        else:
+            s.on_trial_complete(tid, STABLE if p["lr"] == 0.01 else DIVERGED)
+    rows = {r["scheme"]: r for r in s.summary()}
+    assert rows["bn"]["status"] == "error" and rows["wn"]["status"] == "running"
+    assert s.suggest("n0")["point"]["scheme"] == "wn"  # the other bracket goes on
+    s.on_trial_complete(errored, STABLE)  # the errored trial re-run on --resume, same id
+    assert {r["scheme"]: r for r in s.summary()}["bn"]["status"] == "running"
+    s.on_trial_complete("unknown", STABLE)  # not one of ours: ignored
