@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from analysis.boundary import groups_boundary
 from analysis.claims import SCALE_NOTE, Claim
 from analysis.collect import StudyData
 from analysis.early_warning import ANY, SIGNALS, EarlyWarning
@@ -63,6 +64,7 @@ def scheme_data(s: SchemeSummary) -> dict[str, Any]:
             "cells": [dataclasses.asdict(c) | {"status": c.status} for c in m.cells],
             "largest_stable_lr": m.largest_stable_lr,
         },
+        "boundary": groups_boundary(s.groups),
         "divergence_by_lr": s.divergence_by_lr,
         "diverged_trials": s.diverged_trials,
         "collapsed_trials": s.collapsed_trials,

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
+from analysis.boundary import draw_boundary, groups_boundary
 from analysis.summarize import SchemeSummary
 
 SCHEME_COLORS = {
@@ -141,6 +142,7 @@ def plot_stability_map(s: SchemeSummary, path: Path, vrange: tuple[float, float]
         if entry["lr"] is not None:
             i, r = lrs.index(entry["lr"]), rows.index(entry["init_scale"])
             ax.add_patch(Rectangle((xe[i], r), xe[i + 1] - xe[i], 1, fill=False, edgecolor="#e7298a", lw=3.5))
+    boundary_handles = draw_boundary(ax, groups_boundary(s.groups), rows)
     ax.set_xticks(lrs, [f"{x:g}" for x in lrs])
     ax.set_xticks([], minor=True)
     ax.set_yticks(np.arange(len(rows)) + 0.5, [_scale_label(r) for r in rows])
@@ -187,6 +189,7 @@ def plot_stability_map(s: SchemeSummary, path: Path, vrange: tuple[float, float]
             ),
             Patch(facecolor="none", edgecolor="#e7298a", lw=2.5, label="largest stable lr"),
             Patch(facecolor="#d0d0d0", label="no stable trial"),
+            *boundary_handles,
         ],
         loc="outside lower center",
         ncol=2,

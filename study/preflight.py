@@ -427,7 +427,7 @@ def check_search(spec: StudySpec) -> None:
         except (OSError, UnicodeDecodeError) as err:
             raise SpecError(f"search.space_dir: cannot read the space of scheme '{entry.name}' ({err}); "
                             "fix the file") from None
-        if s.mode == "grid":
+        if s.mode in ("grid", "boundary"):
             need = ["lr"] + (["init_scale"] if norms.get(entry.name).has_init_scale else [])
             missing = [d for d in need if d not in space]
             if missing:

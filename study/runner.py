@@ -125,7 +125,13 @@ def run_study(spec: StudySpec, *, resume: bool = False, fresh: bool = False, out
         parent_runs[entry.name] = tracker.scheme_run(study, entry.name, study_run, scheme_params)
         _profile_scheme(tracker, parent_runs[entry.name], spec, entry.name)
 
+    import ray
+
     cpus = 0 if uses_torch_trainer(spec) else spec.scaling.cpus_per_worker
+    # A trial that drives a TorchTrainer needs no CPU (its workers reserve their own), but Tune refuses an
+    # all-zero bundle. Such trial drivers go on the study driver's node (Ray's node:<ip> resource): losing
+    # a worker node then restarts the trial's workers from their checkpoint, never the trial's driver.
+    trial_resources = {"CPU": cpus} if cpus else {f"node:{ray.util.get_node_ip_address()}": 0.001}
     if spec.search.mode == "grid":
         # One experiment holds every scheme's grid: trial actors are reused across schemes (a new
         # experiment per scheme pays the actor start-up — ~20 s on 2 cores — once per scheme).
@@ -136,7 +142,7 @@ def run_study(spec: StudySpec, *, resume: bool = False, fresh: bool = False, out
         experiments = [(e.name, e.name, None) for e in spec.schemes]
     for name, scheme, points in experiments:
         trainable = tune.with_parameters(run_trial, study_spec=spec.to_dict(), parent_runs=parent_runs, scheme=scheme)
-        wrapped = tune.with_resources(trainable, {"CPU": cpus})
+        wrapped = tune.with_resources(trainable, trial_resources)
         path = root / name
         progress.scheme = scheme or ""
         if resume and tune.Tuner.can_restore(str(path)):

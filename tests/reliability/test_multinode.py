@@ -303,23 +303,6 @@ def _loss_steps(uri: str, run_id: str) -> list[int]:
     return [m.step for m in MlflowClient(tracking_uri=uri).get_metric_history(run_id, "loss")]
 
 
-def _runner_refuses_torch_trainer_trials() -> bool:
-    """study/runner.py (not this test's to change) wraps a TorchTrainer trial in
-    ``tune.with_resources(trainable, {"CPU": 0})``, which Ray Tune refuses ("Cannot initialize a
-    ResourceRequest with an empty head and zero worker bundles"): every multi-worker study ends in that
-    traceback. The fix (a ``node:<driver ip>`` resource for such trials) is in the issue 18 report; once
-    the runner no longer has those lines this test runs for real."""
-    import inspect
-
-    from study import runner
-
-    src = inspect.getsource(runner.run_study)
-    return "cpus = 0 if uses_torch_trainer(spec)" in src and 'tune.with_resources(trainable, {"CPU": cpus})' in src
-
-
-@pytest.mark.xfail(_runner_refuses_torch_trainer_trials(), run=False, strict=True,
-                   reason="study/runner.py gives TorchTrainer trials tune.with_resources({'CPU': 0}), which Ray Tune "
-                          "refuses: every multi-worker study fails (see _runner_refuses_torch_trainer_trials)")
 def test_study_of_cross_node_ddp_trials_survives_a_worker_node_sigkill(cluster, tmp_path):
     hook, events = tmp_path / "hook", tmp_path / "events"
     hook.mkdir()
