@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -32,6 +31,7 @@ from trainers.data.generated import generate  # noqa: E402
 from trainers.loop import train_loop_per_worker  # noqa: E402
 from trainers.models import build_model  # noqa: E402
 from trainers.session import LocalSession  # noqa: E402
+from trainers.step_sensitivity import one_step_logit_moves  # noqa: E402
 
 
 def block_stds(arch: str, seed: int = 0, **options) -> tuple[list[float], float]:
@@ -64,22 +64,7 @@ def _layer_moves(scheme_name: str, spec: StudySpec, x: torch.Tensor, y: torch.Te
     model = build_model(spec.model.arch, scheme, spec.data.num_classes, cifar_width=spec.model.cifar_width,
                         cifar_blocks=spec.model.cifar_blocks)
     scheme.data_dependent_init(model, x[:64])
-    xb, yb = x[64:128], y[64:128]
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    with torch.no_grad():
-        logits0 = model(xb)
-    moves = {}
-    for name, layer in model.named_modules():
-        own = list(layer.parameters(recurse=False))
-        if not own or not (hasattr(layer, "v") or isinstance(layer, torch.nn.Conv2d | torch.nn.Linear)):
-            continue
-        model.load_state_dict(state)
-        opt = torch.optim.SGD(own, lr=lr)
-        model.zero_grad()
-        F.cross_entropy(model(xb), yb).backward()
-        opt.step()
-        with torch.no_grad():
-            moves[name] = ((model(xb) - logits0).norm() / logits0.norm()).item()
+    moves = one_step_logit_moves(model, x[64:128], y[64:128], lr)
     fc = moves.pop("fc")
     return fc, statistics.median(moves.values())
 

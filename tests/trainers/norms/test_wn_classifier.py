@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from study.spec import load
 from trainers import norms
 from trainers.data.generated import generate
 from trainers.models import build_model
-from trainers.norms.wn import _WeightNormMixin
+from trainers.step_sensitivity import one_step_logit_moves
 
 LR = 0.3
 
@@ -40,21 +39,7 @@ def _moves(scheme_name: str, batch, **options) -> tuple[float, list[float]]:
     model = build_model(spec.model.arch, scheme, 10, cifar_width=spec.model.cifar_width,
                         cifar_blocks=spec.model.cifar_blocks)
     scheme.data_dependent_init(model, x[:64])
-    xb, yb = x[64:128], y[64:128]
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    with torch.no_grad():
-        logits0 = model(xb)
-    moves = {}
-    for name, layer in model.named_modules():
-        if not isinstance(layer, _WeightNormMixin | torch.nn.Conv2d | torch.nn.Linear) and not hasattr(layer, "v"):
-            continue
-        model.load_state_dict(state)
-        opt = torch.optim.SGD(list(layer.parameters(recurse=False)), lr=LR)
-        model.zero_grad()
-        F.cross_entropy(model(xb), yb).backward()
-        opt.step()
-        with torch.no_grad():
-            moves[name] = ((model(xb) - logits0).norm() / logits0.norm()).item()
+    moves = one_step_logit_moves(model, x[64:128], y[64:128], LR)
     fc = moves.pop("fc")
     return fc, sorted(moves.values()), model
 
