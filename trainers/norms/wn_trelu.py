@@ -13,8 +13,17 @@ of the bias that a strict layer lacks:
 
 and only the last layer (the classifier) is an *affine* WN layer, y = g·(v/‖v‖)·x + b (Salimans &
 Kingma 2016; see ``wn``, including its ``classifier_data_init`` choice). With no g anywhere but in the
-classifier there is nothing for an init scale to set, so ``wn_trelu`` has none. Xiang & Li's code
-writes TReLU as ``prelu(x − α, slope) + α``; ``slope`` is that leak (0 = their TReLU).
+classifier there is nothing for an init scale to set, so ``wn_trelu`` has none.
+
+The leak. Xiang & Li's code (github.com/stormraiser/gan-weightnorm-resnet, ``TPReLU``) computes
+``prelu(x − α, s) + α`` with the slope s *learned* per channel from 0.25 (clamped to [0, 1]):
+
+    TPReLU_{α,s}(x) = α + max(x − α, 0) + s · min(x − α, 0)      (s = 0: max(x, α), the TReLU above)
+
+``wn_trelu`` follows the code (``slope`` 0.25, ``learn_slope`` on): with the text's s = 0 the strict
+net learns slowly — quick model, lr 0.1, 150 steps: 0.51 / 0.49 train (seeds 0 / 1) at s = 0, 0.73 / 0.61
+at s = 0.25 fixed (benchmarks/scheme_fidelity.py; docs/design.md §3.3). ``slope: 0, learn_slope: false``
+gives the text's TReLU.
 
 ``wn_trelu_affine`` is the variant this project first shipped (and how "WN + TReLU" is often read):
 affine WN layers with g, b and data-dependent init everywhere, plus TReLU's α — a shift that is
@@ -35,17 +44,22 @@ from trainers.norms.wn import WeightNorm, WeightNormLinear, WeightNormOptions
 
 
 class TranslatedReLU(nn.Module):
-    """TReLU_α(x) = ReLU(x − α) + α with α per channel (dim 1), learnable; leaky with ``slope`` > 0."""
+    """TReLU_α(x) = ReLU(x − α) + α with α per channel (dim 1), learnable; leaky with ``slope`` > 0, and with
+    ``learn_slope`` the leak is a per-channel parameter clamped to [0, 1] (Xiang & Li's TPReLU)."""
 
-    def __init__(self, channels: int, slope: float = 0.0, alpha_init: float = 0.0) -> None:
+    def __init__(self, channels: int, slope: float = 0.0, alpha_init: float = 0.0, learn_slope: bool = False) -> None:
         super().__init__()
         self.alpha = nn.Parameter(torch.full((channels,), float(alpha_init)))
         self.slope = slope
+        self.slope_weight = nn.Parameter(torch.full((channels,), float(slope))) if learn_slope else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.alpha.view((1, -1) + (1,) * (x.dim() - 2))
         shifted = x - a
-        out = F.leaky_relu(shifted, self.slope) if self.slope else torch.relu(shifted)
+        if self.slope_weight is not None:
+            out = F.prelu(shifted, self.slope_weight.clamp(0, 1))
+        else:
+            out = F.leaky_relu(shifted, self.slope) if self.slope else torch.relu(shifted)
         return out + a
 
 
@@ -72,7 +86,8 @@ class StrictWeightNormConv2d(nn.Module):
 
 
 class WeightNormTReLUOptions(SchemeOptions):
-    slope: float = Field(0.0, ge=0, lt=1)
+    slope: float = Field(0.25, ge=0, lt=1)  # the leak's initial value (the authors' code: 0.25)
+    learn_slope: bool = True  # the authors' TPReLU learns it per channel, clamped to [0, 1]
     alpha_init: float = 0.0
     classifier_data_init: bool = False  # as wn's: DDI on the affine classifier (off: see trainers/norms/wn.py)
 
@@ -92,7 +107,7 @@ class WeightNormTReLU(WeightNorm):
         return WeightNormLinear(in_features, out_features, data_init=self.options.classifier_data_init)
 
     def act(self, channels: int) -> nn.Module:
-        return TranslatedReLU(channels, self.options.slope, self.options.alpha_init)
+        return TranslatedReLU(channels, self.options.slope, self.options.alpha_init, self.options.learn_slope)
 
     def data_dependent_init(self, model: nn.Module, images: torch.Tensor) -> None:
         from trainers.norms.wn import weight_norm_data_init

@@ -78,6 +78,26 @@ def test_slope_option_is_prelu_of_shifted_input_plus_alpha(slope, alpha):
         torch.testing.assert_close(act(x), expected, rtol=1e-6, atol=1e-4)
 
 
+def test_learned_leak_is_the_authors_tprelu_clamped_to_unit_interval():
+    """prelu(x − α, s) + α with s learned per channel from 0.25, clamped to [0, 1] (Xiang & Li's code)."""
+    act = norms.create("wn_trelu").act(2)
+    assert act.slope_weight is not None
+    torch.testing.assert_close(act.slope_weight.detach(), torch.full((2,), 0.25))
+    with torch.no_grad():
+        act.alpha.copy_(torch.tensor([0.5, -1.0]))
+        act.slope_weight.copy_(torch.tensor([0.25, 3.0]))  # 3 acts as 1 (the clamp)
+    x = torch.linspace(-3, 3, 13).view(1, 1, -1).repeat(1, 2, 1)
+    a = act.alpha.detach().view(1, -1, 1)
+    s = torch.tensor([0.25, 1.0]).view(1, -1, 1)
+    expected = a + torch.relu(x - a) + s * torch.clamp(x - a, max=0)
+    torch.testing.assert_close(act(x), expected, rtol=1e-6, atol=1e-6)
+    act(x).sum().backward()
+    assert act.slope_weight.grad is not None and act.slope_weight.grad[0] != 0
+    text = norms.create("wn_trelu", slope=0.0, learn_slope=False).act(2)
+    assert text.slope_weight is None  # the text's TReLU: max(x, α)
+    torch.testing.assert_close(text(x), torch.maximum(x, torch.zeros_like(x)))
+
+
 def test_affine_variant_options_reach_the_activation_and_convs_are_affine_weight_normalized():
     scheme = norms.create("wn_trelu_affine", slope=0.2, alpha_init=0.3, init_scale=2.0)
     act = scheme.act(5)
@@ -98,9 +118,9 @@ def test_paper_form_hidden_layers_are_strict_wn_with_no_length_and_no_bias():
         assert {n for n, _ in conv.named_parameters()} == {"v"}
     assert isinstance(model.fc, WeightNormLinear)  # the one affine layer: g and b
     assert {n for n, _ in model.fc.named_parameters()} == {"v", "g", "b"}
-    # every parameter outside the classifier is a direction v or a threshold α
+    # every parameter outside the classifier is a direction v, a threshold α or a leak s (the authors' TPReLU)
     for name, _ in model.named_parameters():
-        assert name.startswith("fc.") or name.endswith(".v") or name.endswith(".alpha"), name
+        assert name.startswith("fc.") or name.endswith((".v", ".alpha", ".slope_weight")), name
     assert not norms.get("wn_trelu").has_init_scale  # no g to scale: nothing for the grid to sweep
 
 
