@@ -35,7 +35,9 @@ def _columns(out: TextIO) -> int:
 
 
 class TrialProgress(Callback):
-    def __init__(self, total: int, out: TextIO = sys.stdout) -> None:
+    def __init__(self, total: int, out: TextIO | None = None) -> None:
+        # sys.stdout as it is now, not as it was at import (a default argument would freeze that one)
+        out = sys.stdout if out is None else out
         self.total, self.out, self.done, self.scheme = total, out, 0, ""
         self.started = time.time()
         self.diverged = self.collapsed = 0

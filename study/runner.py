@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +89,8 @@ def max_concurrent(spec: StudySpec) -> int:
     return max(1, int(res.get("CPU", 1) // (s.cpus_per_worker * s.num_workers)))
 
 
-def run_study(spec: StudySpec, *, resume: bool = False, fresh: bool = False, out: TextIO = sys.stdout) -> StudyResult:
+def run_study(spec: StudySpec, *, resume: bool = False, fresh: bool = False,
+              out: TextIO | None = None) -> StudyResult:
     """Run (or, with ``resume``, continue) every scheme's experiment; returns what the trials reported."""
     from ray import tune
 
