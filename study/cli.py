@@ -232,7 +232,7 @@ def _job_spec_path(spec: str, working_dir: str) -> str:
 def _submit_auth_env() -> dict[str, str]:
     """``RAY_AUTH_MODE=token`` when it is unset and a token is at hand: since Ray 2.59 `ray start --head`
     turns token auth on by itself when ~/.ray/auth_token exists, but `ray job submit` sends the token only
-    with RAY_AUTH_MODE=token (DESIGN.md §11). A token sent to a cluster without auth is ignored."""
+    with RAY_AUTH_MODE=token (docs/design.md §11). A token sent to a cluster without auth is ignored."""
     if os.environ.get("RAY_AUTH_MODE"):
         return {}
     token_file = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")

@@ -70,7 +70,7 @@ def init_ray(spec: StudySpec) -> None:
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
                                                                     os.environ.get("PYTHONPATH")]))}}
     if address:
-        # Under `ray job submit` or on a cluster: ray.init(num_cpus=...) would raise (DESIGN.md §11).
+        # Under `ray job submit` or on a cluster: ray.init(num_cpus=...) would raise (docs/design.md §11).
         ray.init(address=address, runtime_env=env, log_to_driver=False)
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=env, log_to_driver=False,

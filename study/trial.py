@@ -3,7 +3,7 @@
 ``run_trial`` is the Tune *function* trainable. It resolves the trial's spec from the sampled
 hyperparameters, opens the trial's MLflow run, then trains:
 - single-worker CPU trials run ``train_loop_per_worker`` right here in the trial process (no worker
-  group to start: ~20–45 s saved per trial on 2 cores; DESIGN.md §2);
+  group to start: ~20–45 s saved per trial on 2 cores; docs/design.md §2);
 - multi-worker or GPU trials build a Ray Train ``TorchTrainer`` (Train V2) whose run name is the trial
   id, so a restored trial finds its checkpoints, and forward its reports to Tune with
   ``TuneReportCallback``.
@@ -132,7 +132,7 @@ def _run_torch_trainer(spec: StudySpec, loop_config: dict[str, Any], trial_id: s
             name=f"trial-{trial_id}",  # stable: a restored trial resumes from its own checkpoints
             storage_path=os.path.abspath(spec.tracking.storage_path),
             callbacks=[TuneReportCallback()],
-            # A worker group that can never start would otherwise retry forever (DESIGN.md §11).
+            # A worker group that can never start would otherwise retry forever (docs/design.md §11).
             failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
         ),
     )

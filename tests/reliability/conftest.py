@@ -36,7 +36,7 @@ def cli_env(ray_address: str | None = None, **extra: str) -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                **extra)
     if ray_address:
-        env["RAY_ADDRESS"] = ray_address  # join the session's Ray (DESIGN.md §11: one Ray per session)
+        env["RAY_ADDRESS"] = ray_address  # join the session's Ray (docs/design.md §11: one Ray per session)
     return env
 
 

@@ -3,7 +3,7 @@ study of cross-node DDP trials that loses a worker node in the middle of a trial
 
 The cluster (one per module): three ``ray start --block`` nodes, each its own raylet, object store and
 agents on its own loopback address, with non-default ports, its own temp dir and this module's auth token
-(Ray >= 2.59 puts token auth on a head, DESIGN.md §11 / docs/design.md §11):
+(Ray >= 2.59 puts token auth on a head, docs/design.md §11):
 
 - head ``127.0.0.2``: GCS, dashboard (the job API), ``--num-cpus=2``, ``--resources={"ddp_node": 1}``;
   its GCS checks node health every 0.5 s (``RAY_health_check_*``), so a dead node is declared dead in
