@@ -1,8 +1,8 @@
 """The stability boundary of a scheme: per init scale, the bracket around its largest stable learning rate.
 
 ``stable_lr`` is the largest rate below ``diverged_lr`` at which every trial trained to the end without
-failing; ``diverged_lr`` is the smallest rate at which a trial failed — diverged or collapsed (a stable
-rate above it — a non-monotone scheme — does not move the boundary). It is the bracket ``search.mode: boundary`` bisects
+diverging; ``diverged_lr`` is the smallest rate at which a trial diverged (a stable rate above it — a
+non-monotone scheme — does not move the boundary). It is the bracket ``search.mode: boundary`` bisects
 (computed with the same rule, :func:`study.boundary.bracket_of`), and a grid's bracket to its spacing.
 A rate where a trial has not finished (killed, failed, running) and none diverged is not counted as stable.
 
@@ -50,7 +50,7 @@ def scheme_boundary(trials: Sequence[TrialData]) -> list[dict[str, Any]]:
     ascending; ``trials`` counts every trial run at that init scale, whatever its status."""
 
     def outcome(t: TrialData) -> str | None:
-        return "diverged" if t.failed else "stable" if t.finished else None
+        return "diverged" if t.diverged else "stable" if t.finished else None
 
     return _boundary((t.init_scale, t.lr, [outcome(t)]) for t in trials if t.lr is not None)
 
@@ -64,7 +64,7 @@ def groups_boundary(groups: Sequence[ConfigGroup]) -> list[dict[str, Any]]:
 
     return _boundary(
         (num(g.config.get("init_scale")), float(g.config["lr"]),
-         ["diverged"] * g.n_failed + ["stable"] * (g.n - g.n_failed))
+         ["diverged"] * g.n_diverged + ["stable"] * (g.n - g.n_diverged))
         for g in groups
         if num(g.config.get("lr")) is not None
     )

@@ -50,8 +50,7 @@ def classify(result: dict[str, Any] | None, error: bool) -> Outcome:
     """A finished trial's outcome from its last reported result."""
     if error or not result:
         return "error"
-    # a collapse (finite, at chance) is a failure like a divergence: it bounds the stable region too
-    if float(result.get("diverged", 0) or 0) >= 1 or float(result.get("collapsed", 0) or 0) >= 1:
+    if float(result.get("diverged", 0) or 0) >= 1:
         return "diverged"
     return "stable" if result.get("final_test_top1") is not None else "error"
 

@@ -101,14 +101,3 @@ def test_draw_boundary_widens_the_axis_for_an_edge_outside_and_draws_nothing_wit
     assert handles and ax.get_xlim()[1] > hi * 3 and ax.get_xlim()[0] == pytest.approx(lo)
     assert draw_boundary(ax, [{"init_scale": 1.0, "stable_lr": None, "diverged_lr": None, "trials": 0}],
                          smap.init_scales) == []
-
-
-def test_a_collapse_bounds_the_stable_rates_like_a_divergence():
-    from analysis.boundary import scheme_boundary
-    from tests.analysis.synth import trial
-
-    ts = [trial("wn", 0.1, s, train=0.9, test=0.8) for s in (0, 1)]
-    ts += [trial("wn", 1.0, 0, train=0.9, test=0.8), trial("wn", 1.0, 1, train=0.1, test=0.1, collapsed=True)]
-    ts += [trial("wn", 3.0, s, diverged=True, step=5) for s in (0, 1)]
-    [b] = scheme_boundary(ts)
-    assert (b["stable_lr"], b["diverged_lr"]) == (0.1, 1.0)
