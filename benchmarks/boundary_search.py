@@ -37,7 +37,9 @@ import torch
 
 from study import spec as spec_mod
 from study.boundary import expected_points, tolerance_grid
-from study.runner import StudyResult, boundary_rows, init_ray, run_study
+from study.results import StudyResult, boundary_rows
+from study.runner import init_ray, resolve_paths, run_study
+from study.trial_configs import TrialConfigs
 
 SECTION = "## Boundary search vs grid"
 
@@ -50,7 +52,7 @@ def run(spec: spec_mod.StudySpec) -> tuple[StudyResult, float, list[dict[str, An
     t0 = time.perf_counter()
     result = run_study(spec, out=io.StringIO())
     wall = time.perf_counter() - t0
-    return result, wall, boundary_rows(spec, result.outcomes)
+    return result, wall, boundary_rows(TrialConfigs(resolve_paths(spec)), result.trials)
 
 
 def _lr(x: float | None) -> str:
@@ -70,12 +72,12 @@ def _agree(a: dict[str, Any], b: dict[str, Any]) -> str:
 
 
 def trial_seconds(result: StudyResult) -> float:
-    return sum(float(o.metrics.get("time_total_s", 0.0)) for o in result.outcomes)
+    return sum(float(o.metrics.get("time_total_s", 0.0)) for o in result.trials)
 
 
 def steps_trained(result: StudyResult) -> int:
     """SGD steps over every trial (a diverged trial stops early): the cost other jobs' load does not move."""
-    return int(sum(float(o.metrics.get("steps_done", 0.0)) for o in result.outcomes))
+    return int(sum(float(o.metrics.get("steps_done", 0.0)) for o in result.trials))
 
 
 def table(bnd: tuple, grid: tuple, n_grid_lrs: int) -> str:

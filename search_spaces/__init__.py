@@ -3,18 +3,23 @@
 Each entry: ``name: {min, max, scaling: log|linear, type: float|int, default, target}``. ``target`` is
 the spec field the value is written to (``training.lr``) or ``scheme.<option>`` for the scheme's own
 options (WN's ``init_scale``). Defaults are the paper's values; Optuna samples within [min, max].
+
+:func:`apply` turns a scheme's :class:`~trainers.config.TrainerConfig` and one trial's sampled values into
+that trial's :class:`~trainers.config.TrialConfig`, validated once. This package sits just above
+``trainers.config`` and imports nothing from ``study``.
 """
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from study.spec import SpecError, StudySpec
+from trainers import norms
+from trainers.config import SpecError, TrainerConfig, TrialConfig, one_line_error
 
 HERE = Path(__file__).parent
 
@@ -66,29 +71,32 @@ def load(family: str, space_dir: str | Path | None = None) -> SearchSpace:
     return space
 
 
-def for_scheme(spec: StudySpec, scheme: str) -> SearchSpace:
+def for_scheme(scheme: str, space_dir: str | Path | None = None) -> SearchSpace:
     """The scheme's family space, without dimensions the scheme does not have (e.g. init_scale for bn)."""
-    from trainers import norms
-
     cls = norms.get(scheme)
-    space = load(cls.search_family, spec.search.space_dir)
+    space = load(cls.search_family, space_dir)
     options = cls.Options.model_fields
     return {k: d for k, d in space.items() if not d.target.startswith("scheme.") or d.target[7:] in options}
 
 
-def apply(spec: StudySpec, scheme: str, values: dict[str, Any], space: SearchSpace) -> StudySpec:
-    """A copy of ``spec`` with the sampled ``values`` written to their targets (validated again)."""
-    raw = copy.deepcopy(spec.to_dict())
+def apply(base: TrainerConfig, values: Mapping[str, Any], space: SearchSpace,
+          optuna_trial_number: int | None = None) -> TrialConfig:
+    """One trial's config: ``base`` with the sampled ``values`` written to their targets (``seed`` to
+    ``training.seed``; ints rounded), validated once. A value its field refuses is a one-line SpecError."""
+    raw = base.model_dump()
+    hp: dict[str, Any] = {}
     for name, value in values.items():
         if name == "seed":
-            raw["training"]["seed"] = int(value)
+            hp[name] = raw["training"]["seed"] = int(value)
             continue
         dim = space[name]
-        value = int(round(value)) if dim.type == "int" else float(value)
+        hp[name] = value = int(round(value)) if dim.type == "int" else float(value)
         section, _, field = dim.target.partition(".")
         if section == "training":
             raw["training"][field] = value
         else:
-            entry = next(e for e in raw["schemes"] if e["name"] == scheme)
-            entry.setdefault("options", {})[field] = value
-    return StudySpec.model_validate(raw)
+            raw["scheme"]["options"][field] = value
+    try:
+        return TrialConfig.model_validate({**raw, "hp": hp, "optuna_trial_number": optuna_trial_number})
+    except ValidationError as err:
+        raise SpecError(f"trial {dict(values)}: {one_line_error(err)}") from None

@@ -1,16 +1,17 @@
 """The bracketing search for the largest stable learning rate of one (scheme, init scale): pure state, no Ray.
 
-A *point* is one learning rate, trained once per seed. It is **diverged** as soon as one of its seeds
-diverged (the other seeds cannot make it stable), **stable** once every seed trained to the end without
-diverging, **error** when a seed failed without diverging (an infrastructure failure says nothing about
+A *point* is one learning rate, trained once per seed; its status and the bracket ``(S, D)`` come from
+the one outcome rule (:mod:`trainers.outcome`): **failed** as soon as one seed diverged or collapsed (the
+other seeds cannot make it stable), **stable** once every seed trained to the end without failing,
+**errored** when a seed raised without any failing (an infrastructure failure says nothing about
 stability) and **pending** otherwise.
 
-The bracket is ``(S, D)``: ``D`` the smallest diverged rate tried, ``S`` the largest stable rate below
+The bracket is ``(S, D)``: ``D`` the smallest failed rate tried, ``S`` the largest stable rate below
 ``D`` (:func:`bracket_of`; a stable rate above ``D`` — a non-monotone scheme — does not move the
 boundary, which is the *first* divergence from below). The search, on log lr:
 
 1. try the starting bracket ``[low, high]`` (both points at once);
-2. while no rate diverged, try ``max tried × w``; while no rate below ``D`` is stable, try ``D / w``
+2. while no rate failed, try ``max tried × w``; while no rate below ``D`` is stable, try ``D / w``
    (``w = high / low``, the starting bracket's own width);
 3. bisect: try ``√(S·D)`` until ``D / S ≤ tolerance`` (rates are rounded to 4 significant digits);
 4. stop early after ``max_points`` rates (status ``max_points``) or when a point below ``D`` errored
@@ -27,14 +28,13 @@ continues exactly where it was, and a late outcome (an errored trial re-run on `
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Outcome = Literal["stable", "diverged", "error"]
-PointStatus = Literal["stable", "diverged", "error", "pending"]
+from trainers.outcome import OUTCOMES, PointStatus, bracket_of, point_status
+
 BracketStatus = Literal["running", "converged", "max_points", "error"]
-OUTCOMES = ("stable", "diverged", "error")
 SIGNIFICANT = 4  # learning rates are rounded to 4 significant digits: readable params and axis labels
 SLACK = 1e-3  # "within the tolerance" allows for that rounding (±0.05 % a rate)
 
@@ -46,24 +46,6 @@ def round_lr(lr: float) -> float:
 def within(stable: float, diverged: float, tolerance: float) -> bool:
     """Are the two rates within a factor ``tolerance`` (up to their rounding)?"""
     return diverged / stable <= tolerance * (1 + SLACK)
-
-
-def point_status(outcomes: Iterable[Outcome | None]) -> PointStatus:
-    """One point's status from its seeds' outcomes (``None``: not finished or not started)."""
-    outs = list(outcomes)
-    if "diverged" in outs:
-        return "diverged"
-    if None in outs or not outs:
-        return "pending"
-    return "error" if "error" in outs else "stable"
-
-
-def bracket_of(statuses: Mapping[float, str]) -> tuple[float | None, float | None]:
-    """``(S, D)`` from ``{lr: status}``: the smallest diverged rate and the largest stable rate below it."""
-    diverged = [lr for lr, st in statuses.items() if st == "diverged"]
-    d = min(diverged) if diverged else None
-    stable = [lr for lr, st in statuses.items() if st == "stable" and (d is None or lr < d)]
-    return (max(stable) if stable else None), d
 
 
 @dataclass(frozen=True)
@@ -82,7 +64,7 @@ class Bracket:
     tolerance: float
     max_points: int
     seeds: tuple[int, ...]
-    outcomes: dict[float, dict[int, Outcome | None]] = field(default_factory=dict)  # lr -> seed -> outcome
+    outcomes: dict[float, dict[int, str | None]] = field(default_factory=dict)  # lr -> seed -> outcome
 
     def __post_init__(self) -> None:
         if not (0 < self.low < self.high):
@@ -115,7 +97,7 @@ class Bracket:
         st = self.statuses()
         s, d = bracket_of(st)
         below = [lr for lr in st if d is None or lr < d]
-        if any(st[lr] == "error" for lr in below):
+        if any(st[lr] == "errored" for lr in below):
             return Plan("error")
         waiting = tuple(lr for lr in below if st[lr] == "pending")
         unstarted = tuple(lr for lr in (self.low, self.high) if lr not in self.outcomes and (d is None or lr < d))
@@ -157,7 +139,7 @@ class Bracket:
     def start(self, lr: float, seed: int) -> None:
         self.outcomes.setdefault(lr, {})[seed] = None
 
-    def record(self, lr: float, seed: int, outcome: Outcome) -> None:
+    def record(self, lr: float, seed: int, outcome: str) -> None:
         """A seed's outcome; a later outcome for the same (lr, seed) replaces the earlier one."""
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")

@@ -3,16 +3,17 @@
 :class:`study.boundary.Bracket`; the algorithm is described there).
 
 One searcher drives every bracket of a study in one Tune experiment, like grid mode (trial actors are
-reused across schemes). Its trials have grid mode's config shape, ``{"point": {"scheme", "lr",
-"init_scale", "seed"}}``, so ``study.trial.run_trial`` trains them, logs them to the same MLflow hierarchy
-(study → scheme → trial) and the progress lines read them, unchanged.
+reused across schemes). Its trials have every mode's config shape, ``{"trial": TrialConfig}`` (resolved
+here, on the driver, by :class:`study.trial_configs.TrialConfigs`), so ``study.trial.run_trial`` trains
+them, logs them to the same MLflow hierarchy (study → scheme → trial) and the progress lines read them.
 
 - ``suggest`` hands out one (lr, seed) a call: first the pending rates' missing seeds, then new rates,
   taking the brackets in turn so that independent brackets run side by side; ``None`` while every
   bracket waits on running trials; ``FINISHED`` once every bracket has stopped.
-- ``on_trial_complete`` classifies the trial's last result: ``diverged=1`` → diverged; trained to the
-  end (a ``final_test_top1``) → stable; an error, or a trial stopped without a summary → error (the
-  bracket stops there and its report says so: a failure is not a divergence).
+- ``on_trial_complete`` classifies the trial's last result with the one outcome rule
+  (:func:`trainers.outcome.outcome_of`): diverged and collapsed trials fail their rate; trained to the end
+  otherwise → stable; an error, or a trial stopped without a summary → errored (the bracket stops there
+  and its report says so: an error is not a divergence).
 - ``save``/``restore`` pickle every bracket's outcomes and the running trials, so ``normstudy run
   --resume`` (``Tuner.restore``) re-runs the unfinished trials under their ids and carries on. Tune
   checkpoints the trial list and this state together, so the two agree after a driver kill.
@@ -31,38 +32,27 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from study.boundary import Bracket, Outcome
-from study.spec import StudySpec
+from study.boundary import Bracket
+from study.trial_configs import TRIAL, TrialConfigs
+from trainers.outcome import ERRORED, UNFINISHED, outcome_of
 
 
-def bracket_keys(spec: StudySpec) -> list[tuple[str, float | None]]:
-    """Every (scheme, init scale) of a boundary study; init scale ``None`` where the scheme has none."""
-    from trainers import norms
-
-    keys: list[tuple[str, float | None]] = []
-    for entry in spec.schemes:
-        scales = spec.search.grid_init_scale if norms.get(entry.name).has_init_scale else [None]
-        keys.extend((entry.name, s) for s in scales)
-    return keys
-
-
-def classify(result: dict[str, Any] | None, error: bool) -> Outcome:
-    """A finished trial's outcome from its last reported result."""
-    if error or not result:
-        return "error"
-    if float(result.get("diverged", 0) or 0) >= 1:
-        return "diverged"
-    return "stable" if result.get("final_test_top1") is not None else "error"
+def classify(result: dict[str, Any] | None, error: bool) -> str:
+    """A finished trial's outcome from its last reported result; one that ended without a summary (stopped
+    or lost) counts as errored: it says nothing about stability, and the bracket must not wait for it."""
+    outcome = outcome_of(result, errored=error)
+    return ERRORED if outcome == UNFINISHED else outcome
 
 
 class BoundarySearch(Searcher):
     """Tune searcher over every (scheme, init scale) bracket of a boundary study."""
 
-    def __init__(self, keys: list[tuple[str, float | None]], *, low: float, high: float, tolerance: float,
+    def __init__(self, configs: TrialConfigs, *, low: float, high: float, tolerance: float,
                  max_points: int, seeds: list[int], max_concurrent: int = 0, metric: str = "objective",
                  mode: str = "max") -> None:
         super().__init__(metric=metric, mode=mode)
-        self.keys = list(keys)
+        self.configs = configs
+        self.keys = configs.bracket_keys()
         self.brackets = {k: Bracket(low, high, tolerance, max_points, tuple(seeds)) for k in self.keys}
         self.running: dict[str, tuple[tuple[str, float | None], float, int]] = {}  # trial id -> (key, lr, seed)
         self.finished: dict[str, tuple[tuple[str, float | None], float, int]] = {}
@@ -70,9 +60,9 @@ class BoundarySearch(Searcher):
         self._turn = 0
 
     @classmethod
-    def from_spec(cls, spec: StudySpec, max_concurrent: int = 0) -> BoundarySearch:
-        s = spec.search
-        return cls(bracket_keys(spec), low=s.boundary_lr[0], high=s.boundary_lr[1], tolerance=s.boundary_tolerance,
+    def from_configs(cls, configs: TrialConfigs, max_concurrent: int = 0) -> BoundarySearch:
+        s = configs.spec.search
+        return cls(configs, low=s.boundary_lr[0], high=s.boundary_lr[1], tolerance=s.boundary_tolerance,
                    max_points=s.boundary_max_points, seeds=list(s.seeds), max_concurrent=max_concurrent,
                    mode=s.mode_direction)
 
@@ -98,10 +88,7 @@ class BoundarySearch(Searcher):
                 self.running[trial_id] = (key, lr, seed)
                 self._turn = (self._turn + i + 1) % n
                 scheme, scale = key
-                point: dict[str, Any] = {"scheme": scheme, "lr": lr, "seed": seed}
-                if scale is not None:
-                    point["init_scale"] = scale
-                return {"point": point}
+                return {TRIAL: self.configs.point(scheme, lr, seed, scale)}
         if not self.running and all(b.done for b in self.brackets.values()):
             return Searcher.FINISHED
         return None

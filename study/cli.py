@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import shlex
 import shutil
@@ -87,9 +86,12 @@ def _load(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Checks every name and path, takes the study's driver lock (study.driver_lock: one driver a study),
-    runs the study, writes the report and logs it to the study's MLflow run (``report/``)."""
+    runs the study, prints its summary (the report's rules), writes the report and logs it to the study's
+    MLflow runs (``report/``)."""
+    from analysis.report import write_report
     from study import driver_lock, preflight
-    from study.runner import resolve_paths, run_study, summary_table
+    from study.results import summary_table
+    from study.runner import resolve_paths, run_study
 
     raw = _load(args)
     preflight.check_paths(raw)  # the spec as given ('~' is refused here), before anything is written
@@ -99,90 +101,57 @@ def cmd_run(args: argparse.Namespace) -> int:
     with driver_lock.hold(spec.tracking.storage_path, spec.tracking.study_name):  # held to the end
         print(f"normstudy: study '{spec.tracking.study_name}': {', '.join(e.name for e in spec.schemes)} "
               f"({spec.search.mode} search), MLflow {spec.tracking.tracking_uri}", flush=True)
-        result = run_study(spec, resume=args.resume, fresh=args.fresh)
+        result = run_study(spec, resume=args.resume, fresh=args.fresh, paths_checked=True)
         print()
         print(summary_table(result))
-        print(f"\n{len(result.outcomes)} trials in {result.seconds:.0f} s.")
+        print(f"\n{len(result.trials)} trials in {result.seconds:.0f} s.")
         print(f"MLflow: {result.tracking_uri} (experiment '{result.experiment}'); "
               f"browse with: mlflow ui --backend-store-uri {result.tracking_uri}")
         print(f"Ray Tune results: {result.storage_path}")
         if not args.no_report:
-            from analysis.report import write_report
-
-            out = preflight.report_folder(spec)
-            html = write_report(result.tracking_uri, out, experiment=result.experiment,
+            html = write_report(result.tracking_uri, preflight.report_folder(spec), experiment=result.experiment,
                                 study_run_id=result.study_run_id)
             print(f"Report: {html}")
-            if "publish" not in inspect.signature(write_report).parameters:  # newer analysis logs it itself
-                _log_report(result, out)
     return 0
 
 
-def _log_report(result, folder: Path) -> None:
-    """The report's files as artifacts ``report/`` of the study run: under `ray job submit` the report
-    folder is on the head node, the MLflow server is where everyone looks. (``analysis.report.write_report``
-    with ``publish`` does this itself; then this is not called.)"""
-    from study.tracking import StudyTracker
-    from trainers.run_logger import with_retries
-
-    try:
-        tracker = StudyTracker(result.tracking_uri, result.experiment)
-        with_retries(lambda: tracker.client.log_artifacts(result.study_run_id, str(folder), "report"))
-    except Exception as err:  # noqa: BLE001 - the study and the report on disk are complete; say so, go on
-        print(f"normstudy: note: the report was not logged to MLflow ({type(err).__name__}: "
-              f"{str(err).splitlines()[0][:200] if str(err) else ''}); it is in {folder}", file=sys.stderr)
-        return
-    print(f"Report in MLflow: run {result.study_run_id}, artifacts report/")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    """One trial through Ray Train's TorchTrainer (N workers from the spec), outside any Tune study."""
-    import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
+    """One trial through Ray Train's TorchTrainer (N workers from the spec), outside any Tune study: the same
+    trial config, trainer builder, params and end tags as a study's trial."""
     from study import spec as spec_mod
     from study.preflight import preflight
     from study.runner import init_ray, resolve_paths
+    from study.torch_trainer import build_torch_trainer
     from study.tracking import StudyTracker
-    from trainers.loop import train_loop_per_worker
+    from study.trial import StudyContext, end_tags, loop_config, trial_params
+    from study.trial_configs import TrialConfigs
 
     spec = resolve_paths(_load(args))
     spec.scheme(args.scheme)  # must be in the study's schemes
+    trial = TrialConfigs(spec).resolve(args.scheme, {"seed": spec.training.seed})
     init_ray(spec)
     preflight(spec)
     tracker = StudyTracker(spec.tracking.tracking_uri, spec.tracking.experiment)
     run = tracker.client.create_run(tracker.experiment_id, run_name=f"train/{args.scheme}",
                                     tags={"normstudy.role": "train", "normstudy.scheme": args.scheme})
-    params = spec_mod.flatten(spec)
-    params["scheme"] = args.scheme
-    tracker.log_params(run.info.run_id, params)
-    s = spec.scaling
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"spec": spec.to_dict(), "scheme": args.scheme, "session": "train",
-                           "tracking_uri": spec.tracking.tracking_uri, "run_id": run.info.run_id},
-        scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
-                                               resources_per_worker={"CPU": s.cpus_per_worker,
-                                                                     **({"GPU": 1} if s.use_gpu else {})}),
-        run_config=ray.train.RunConfig(name=f"train-{args.scheme}-{run.info.run_id[:8]}",
-                                       storage_path=spec.tracking.storage_path,
-                                       failure_config=ray.train.FailureConfig(max_failures=s.max_failures)),
-    )
+    run_id = run.info.run_id
+    context = StudyContext(spec.tracking, spec.scaling, spec_mod.flatten(spec), {})
+    tracker.log_params(run_id, trial_params(context, trial))
+    trainer = build_torch_trainer(loop_config(trial, spec.tracking.tracking_uri, run_id), spec.scaling,
+                                  name=f"train-{args.scheme}-{run_id[:8]}", storage_path=spec.tracking.storage_path)
     try:
         metrics = dict(trainer.fit().metrics or {})
     except BaseException as err:
-        tracker.finish(run.info.run_id, "FAILED", reason=repr(err))
+        tracker.finish(run_id, "FAILED", reason=repr(err))
         raise
-    tracker.set_tags(run.info.run_id, {k: str(v) for k, v in metrics.items()
-                                       if k in ("diverged", "divergence_cause", "divergence_step", "divergence_layer")})
-    tracker.finish(run.info.run_id)
-    keys = ["steps_done", "diverged", "divergence_cause", "divergence_step", "divergence_layer",
+    tracker.set_tags(run_id, end_tags(metrics))
+    tracker.finish(run_id)
+    keys = ["steps_done", "outcome", "diverged", "divergence_cause", "divergence_step", "divergence_layer", "collapse_cause",
             "final_train_top1", "final_test_top1", "final_gap", "step_time_mean_s"]
     shown = [f"{k}={metrics[k]:.4g}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
              for k in keys if k in metrics]
     print(f"{args.scheme}: " + "  ".join(shown))
-    print(f"MLflow run {run.info.run_id} in {spec.tracking.tracking_uri}")
+    print(f"MLflow run {run_id} in {spec.tracking.tracking_uri}")
     return 0
 
 

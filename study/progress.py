@@ -16,6 +16,9 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
+from study.trial_configs import trial_of
+from trainers.outcome import COLLAPSED, DIVERGED, UNFINISHED, outcome_of
+
 DONE_STATES = ("TERMINATED", "ERROR")
 REFRESH_S = 1.0  # the bar's clock (elapsed, time left) ticks this often between finished trials
 
@@ -101,9 +104,9 @@ class TrialProgress(Callback):
         new = trial.trial_id not in self._counted  # Tune calls back while the trial is still RUNNING
         self._counted.add(trial.trial_id)
         self.done += new
-        config = dict((trial.config or {}).get("point", trial.config or {}))
-        scheme = config.pop("scheme", self.scheme)
-        cfg = {k: v for k, v in config.items() if isinstance(v, int | float)}
+        config = trial_of(trial.config)
+        scheme = config.scheme_name if config else self.scheme
+        cfg = {k: v for k, v in (config.hp if config else {}).items() if isinstance(v, int | float)}
         hp = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(cfg.items()))
         line = f"[{self.done:3d}/{self.total}] {time.time() - self.started:6.0f}s  {scheme:9s} {hp:45s} {note}"
         if self.bar is None:
@@ -116,13 +119,16 @@ class TrialProgress(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         r = trial.last_result or {}
-        if r.get("diverged", 0) >= 1:
+        outcome = outcome_of(r)
+        nan = float("nan")
+        if outcome == DIVERGED:
             self.diverged += 1
             note = f"diverged at step {int(r.get('divergence_step', -1))}: {r.get('divergence_cause', '?')}"
+        elif outcome == UNFINISHED:  # stopped before its summary (a scheduler, a shutdown)
+            note = "stopped before the end"
         else:
-            nan = float("nan")
             note = f"train {r.get('final_train_top1', nan):.3f}  test {r.get('final_test_top1', nan):.3f}"
-            if r.get("collapsed", 0) >= 1:  # finite, but at chance
+            if outcome == COLLAPSED:  # finite, but at chance
                 self.collapsed += 1
                 note += f"  collapsed: {r.get('collapse_cause', '?')}"
         self._line(trial, note)

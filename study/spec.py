@@ -6,6 +6,11 @@ arXiv 1709.08145), who trained ResNet-50 on ImageNet with the standard He et al.
 that setup applies; each default names its source. Unknown keys and bad values raise
 :class:`SpecError` with one line that names the field path and the fix. ``flatten`` turns a spec into
 ``section.field=value`` pairs so every value is logged with its run.
+
+The sections a trainer reads (model, schemes, data, training, divergence) are defined with the trainer
+(``trainers/config.py``, the bottom of the import graph); this module adds search, scaling and tracking,
+and is the one place that parses YAML and ``--set``. ``StudySpec.trainer_config(scheme)`` hands a trainer
+its part.
 """
 
 from __future__ import annotations
@@ -17,114 +22,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator
+
+from trainers.config import (
+    DataSpec,
+    DivergenceSpec,
+    ModelSpec,
+    SchemeEntry,
+    Section,
+    SpecError,
+    TrainerConfig,
+    TrainingSpec,
+    one_line_error,
+)
 
 PAPER_SCHEMES = ("bn", "wn", "normprop", "wn_trelu")
 
 
-class SpecError(ValueError):
-    """A spec value is wrong; the message is one line: ``field.path: what is wrong and how to fix it``."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
-
-
-class ModelSpec(_Section):
-    # Gitman & Ginsburg 2017 §3: ResNet-50 (torchvision's architecture, He et al. 2016).
-    arch: Literal["resnet50", "resnet18", "resnet_cifar"] = "resnet50"
-    # resnet_cifar only: channels of the first stage and residual blocks per stage (He et al. 2016 §4.2).
-    cifar_width: int = Field(16, gt=0)
-    cifar_blocks: list[int] = Field(default_factory=lambda: [1, 1, 1], min_length=1)
-
-    @field_validator("cifar_blocks")
-    @classmethod
-    def _positive_blocks(cls, v: list[int]) -> list[int]:
-        if any(b <= 0 for b in v):
-            raise ValueError(f"every stage needs >= 1 block, got {v}")
-        return v
-
-
-class SchemeEntry(_Section):
-    """One scheme of the study and its options (validated against the scheme's own option model)."""
-
-    name: str
-    options: dict[str, Any] = Field(default_factory=dict)
-
-
-class DataSpec(_Section):
-    # 'generated' needs no files; 'folder' reads an ImageNet-layout tree (train/ and val/, a folder a class).
-    # 'digits': scikit-learn's bundled handwritten digits, written once as such a folder at data.path
-    # (trainers/data/digits.py), then read by the same folder loaders.
-    kind: Literal["generated", "folder", "digits"] = "generated"
-    path: str | None = None
-    train_dir: str = "train"
-    val_dir: str = "val"
-    # 'auto' = DALI when a GPU is visible, else torchvision.
-    loader: Literal["auto", "torchvision", "dali"] = "auto"
-    # Paper: 224 px random-resized crops, eval resize 256 + centre 224 (He et al. 2016; Krizhevsky 2012).
-    image_size: int = Field(224, gt=0)
-    eval_resize: int = Field(256, gt=0)
-    # Training augmentation of folder data (paper: flips and Inception-style crops of 8–100% of the area).
-    hflip: bool = True
-    crop_scale: list[float] = Field(default_factory=lambda: [0.08, 1.0], min_length=2, max_length=2)
-    loader_workers: int = Field(4, ge=0)
-    digits_image_size: int = Field(32, ge=8)  # 'digits': the px the 8×8 images are upsampled to on disk
-    # Generated data only: size of each split, classes, noise, and its own seed.
-    num_classes: int = Field(10, ge=2)
-    train_size: int = Field(2048, gt=0)
-    test_size: int = Field(1024, gt=0)
-    noise: float = Field(0.9, ge=0)
-    data_seed: int = 0
-    # Train accuracy is measured in eval mode on a fixed subset of the training set this large.
-    train_eval_size: int = Field(1024, gt=0)
-
-    @model_validator(mode="after")
-    def _folder_needs_path(self) -> DataSpec:
-        if self.kind == "folder" and not self.path:
-            raise ValueError("data.path: required when data.kind is 'folder'; give an ImageNet-layout folder")
-        if self.kind == "digits" and not self.path:
-            self.path = "normstudy_data/digits"  # trainers.data.digits.DEFAULT_PATH; made absolute per study
-        lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise ValueError(f"data.crop_scale: need 0 < min <= max <= 1, got {self.crop_scale}")
-        return self
-
-
-class TrainingSpec(_Section):
-    optimizer: Literal["sgd"] = "sgd"
-    # Paper/He et al.: lr 0.1 for batch 256, scaled linearly with the global batch (Goyal et al. 2017).
-    lr: float = Field(0.1, gt=0)
-    lr_reference_batch: int = Field(256, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)  # He et al. 2016
-    nesterov: bool = False
-    weight_decay: float = Field(1e-4, ge=0)  # He et al. 2016
-    # Exclude biases, norm gains/shifts and WN's g from weight decay (common modern practice; paper: no).
-    wd_exclude_norm_and_bias: bool = False
-    batch_size: int = Field(256, gt=0)  # global batch, paper §3
-    epochs: float = Field(90, gt=0)  # He et al. 2016 ImageNet schedule
-    max_steps: int | None = Field(None, ge=0)  # overrides epochs when set
-    schedule: Literal["step", "cosine", "poly", "constant"] = "step"
-    step_epochs: list[float] = Field(default_factory=lambda: [30.0, 60.0, 80.0])  # ÷10 at each
-    step_gamma: float = Field(0.1, gt=0, le=1)
-    poly_power: float = Field(2.0, gt=0)
-    warmup_steps: int = Field(0, ge=0)
-    # Warmup as a share of the run's steps (used when warmup_steps is 0), so a shortened run keeps its shape.
-    warmup_fraction: float = Field(0.0, ge=0, lt=1)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    grad_clip_norm: float | None = Field(None, gt=0)
-    seed: int = 0
-    report_every: int = Field(10, gt=0)  # steps between reports (metrics, divergence decisions)
-    eval_every: int = Field(0, ge=0)  # steps between evaluations; 0 = once per epoch
-    checkpoint_every: int = Field(0, ge=0)  # steps between checkpoints; 0 = at each evaluation
-    amp: Literal["off", "bf16"] = "off"
-    channels_last: bool = False
-    compile: bool = False
-    torch_threads: int = Field(0, ge=0)  # 0 = leave torch's default
-
-
-class SearchSpec(_Section):
+class SearchSpec(Section):
     # grid: every (lr x init_scale) point x seeds — the stability map needs a full grid.
     # optuna: TPE over the scheme family's space in search_spaces/, the same budget per scheme.
     # boundary: per (scheme, init scale), bracket then bisect log lr for the largest stable rate.
@@ -154,7 +69,7 @@ class SearchSpec(_Section):
         return v
 
 
-class ScalingSpec(_Section):
+class ScalingSpec(Section):
     num_workers: int = Field(1, gt=0)  # DDP workers per trial (the paper: 8 GPUs)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
@@ -169,7 +84,7 @@ class ScalingSpec(_Section):
     ray_address: str | None = None  # None: the job's cluster, or a local Ray
 
 
-class TrackingSpec(_Section):
+class TrackingSpec(Section):
     # MLflow on SQLite in the working directory by default; an http(s):// mlflow server on a cluster.
     # MLflow's own MLFLOW_TRACKING_URI replaces this default when the spec leaves the field out.
     tracking_uri: str = Field(default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlruns.db")
@@ -179,23 +94,7 @@ class TrackingSpec(_Section):
     report_dir: str = "normstudy_report"
 
 
-class DivergenceSpec(_Section):
-    loss_multiple: float = Field(10.0, gt=1)  # diverged when loss > this x initial loss
-    initial_steps: int = Field(5, gt=0)  # steps averaged for the initial loss
-    spike_ratio: float = Field(3.0, gt=1)  # loss / EMA above this is a spike
-    spike_patience: int = Field(5, gt=0)  # consecutive spiking steps that count as divergence
-    ema_decay: float = Field(0.9, gt=0, lt=1)
-    hessian_every: int = Field(0, ge=0)  # steps between sharpness probes; 0 = off
-    hessian_iters: int = Field(10, gt=0)
-    monitor: bool = True  # False turns every statistic but loss/non-finite off (for overhead benchmarks)
-    # Collapse (finite to the end, at chance; trainers/divergence.py CollapseRule): final train top-1 at most
-    # this × chance, and a stage whose ReLUs are this dead (else a loss no better than a uniform guess).
-    collapse_chance_multiple: float = Field(1.5, ge=1)
-    collapse_dead_frac: float = Field(0.5, gt=0, le=1)
-    collapse_loss_frac: float = Field(0.99, gt=0)
-
-
-class StudySpec(_Section):
+class StudySpec(Section):
     model: ModelSpec = Field(default_factory=ModelSpec)
     schemes: list[SchemeEntry] = Field(default_factory=lambda: [SchemeEntry(name=n) for n in PAPER_SCHEMES])
     data: DataSpec = Field(default_factory=DataSpec)
@@ -220,9 +119,8 @@ class StudySpec(_Section):
 
     @field_validator("schemes")
     @classmethod
-    def _known_schemes(cls, v: list[SchemeEntry]) -> list[SchemeEntry]:
-        from trainers import norms
-
+    def _distinct_schemes(cls, v: list[SchemeEntry]) -> list[SchemeEntry]:
+        # Each entry's options were checked against its scheme when the entry was built (SchemeEntry).
         if not v:
             raise ValueError("list at least one scheme, e.g. [bn, wn]")
         seen = set()
@@ -230,7 +128,6 @@ class StudySpec(_Section):
             if entry.name in seen:
                 raise ValueError(f"scheme '{entry.name}' listed twice")
             seen.add(entry.name)
-            norms.get(entry.name).validate_options(entry.options)
         return v
 
     def scheme(self, name: str) -> SchemeEntry:
@@ -239,34 +136,19 @@ class StudySpec(_Section):
                 return entry
         raise SpecError(f"schemes: '{name}' is not in this study; add it to schemes")
 
+    def trainer_config(self, scheme: str) -> TrainerConfig:
+        """What a trainer of ``scheme`` reads: the trainer sections of this spec (no new validation)."""
+        return TrainerConfig.model_construct(
+            scheme=self.scheme(scheme), model=self.model, data=self.data, training=self.training,
+            divergence=self.divergence, objective_metric=self.search.metric,
+            objective_direction=self.search.mode_direction)
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
 
 # --------------------------------------------------------------------------------------------------
 # Loading, overrides, errors
-
-
-def _format_error(err: ValidationError) -> str:
-    e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    typ, ctx, got = e["type"], e.get("ctx") or {}, e.get("input")
-    if typ == "extra_forbidden":
-        return f"{loc}: unknown key; remove it or check its spelling"
-    if typ == "missing":
-        return f"{loc}: required field is missing; add it"
-    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
-    if typ in bounds:
-        key = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt", "less_than_equal": "le"}
-        return f"{loc}: must be {bounds[typ]} {ctx[key[typ]]}, got {got!r}"
-    if typ == "literal_error":
-        return f"{loc}: must be one of {ctx.get('expected')}, got {got!r}"
-    if typ == "too_short":
-        return f"{loc}: must not be empty, got {got!r}"
-    msg = str(e["msg"]).removeprefix("Value error, ")
-    if msg.startswith(loc.split(".")[0] + ".") or msg.startswith("data.path"):
-        return msg  # the validator already named the field
-    return f"{loc or 'spec'}: {msg}, got {got!r}" if typ not in ("value_error",) else f"{loc}: {msg}"
 
 
 def from_dict(raw: Mapping[str, Any] | None) -> StudySpec:
@@ -278,7 +160,7 @@ def from_dict(raw: Mapping[str, Any] | None) -> StudySpec:
     try:
         return StudySpec.model_validate(dict(raw))
     except ValidationError as err:
-        raise SpecError(_format_error(err).replace("\n", "\\n")) from None  # one line, even for odd keys
+        raise SpecError(one_line_error(err)) from None
     except SpecError:
         raise
     except (KeyError, TypeError, ValueError) as err:  # e.g. a scheme's option check
@@ -366,6 +248,13 @@ def flatten(spec: StudySpec | Mapping[str, Any], prefix: str = "") -> dict[str, 
             out.update(flatten(value, prefix=f"{name}."))
         else:
             out[name] = str(value)
+    return out
+
+
+def flatten_trial(trial: TrainerConfig) -> dict[str, str]:
+    """A trainer config's values under the same names as :func:`flatten` (``training.lr``, ``schemes.wn``)."""
+    out = flatten(trial.model_dump(mode="json", include={"model", "data", "training", "divergence"}))
+    out[f"schemes.{trial.scheme.name}"] = str(trial.scheme.options or {})
     return out
 
 

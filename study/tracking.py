@@ -217,6 +217,9 @@ class StudyTracker:
         """The run's description on its MLflow page (one line: what happened)."""
         self.set_tags(run_id, {NOTE: text})
 
+    def runs_table_url(self) -> str:
+        return runs_table_url(self.experiment_id)
+
     def finish(self, run_id: str, status: str = "FINISHED", reason: str | None = None, note: str | None = None) -> None:
         """Close a run. A run that did not finish says why in its description too (``note``, else
         "killed: <reason>"), so a trial stopped by the scheduler does not read "running" for good."""

@@ -18,6 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainers import norms
+from trainers.config import TrainerConfig
+from trainers.models import build_model
+
 NORM_KEYS = ("batch_norm", "batchnorm", "group_norm", "groupnorm", "layer_norm", "native_norm",
              "linalg_vector_norm", "aten::norm", "normbackward", "_weight_norm", "instance_norm")
 CONV_KEYS = ("conv", "convolution", "mkldnn_conv", "cudnn_conv")
@@ -99,15 +103,12 @@ def _quiet_stderr():
             os.close(saved)
 
 
-def profile_step(spec: Any, scheme: str) -> dict[str, float]:
-    """Profile the study's model for ``scheme`` on one batch shaped like the study's data (random pixels)."""
-    from trainers import norms
-    from trainers.models import build_model
-
-    entry = spec.scheme(scheme)
-    batch = min(spec.training.batch_size // spec.scaling.num_workers, 64)
+def profile_step(config: TrainerConfig, per_worker_batch: int) -> dict[str, float]:
+    """Profile a trainer's model on one batch shaped like its data (random pixels), at most 64 images."""
+    batch = min(per_worker_batch, 64)
+    spec, entry = config, config.scheme
     num_classes = spec.data.num_classes if spec.data.kind == "generated" else 1000
-    model = build_model(spec.model.arch, norms.create(scheme, **entry.options), num_classes,
+    model = build_model(spec.model.arch, norms.create(entry.name, **entry.options), num_classes,
                         cifar_width=spec.model.cifar_width, cifar_blocks=spec.model.cifar_blocks)
     g = torch.Generator().manual_seed(0)
     size = spec.data.image_size

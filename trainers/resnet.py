@@ -10,11 +10,13 @@ activations have per-channel parameters (TReLU's α).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from trainers.norms.base import NormScheme
+if TYPE_CHECKING:  # the scheme builds these blocks (trainers.norms.base imports this module)
+    from trainers.norms.base import NormScheme
 
 
 class BasicBlock(nn.Module):

@@ -295,5 +295,5 @@ def test_a_relative_space_dir_works_in_the_trials(tmp_path, ray_cluster, monkeyp
     spec = spec_mod.load(None, TINY + ["schemes=[bn]", "search.mode=optuna", "search.num_samples=1",
                                        "search.space_dir=spaces", "tracking.study_name=relspace"])
     result = run_study(spec, out=io.StringIO())
-    assert [o.error for o in result.outcomes] == [None]
-    assert "final_test_top1" in result.outcomes[0].metrics
+    assert [o.error for o in result.trials] == [None]
+    assert "final_test_top1" in result.trials[0].metrics

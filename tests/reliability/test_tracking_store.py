@@ -186,7 +186,7 @@ def test_sqlite_with_concurrent_trials_loses_no_run_and_no_step(tmp_path, ray_cl
                                        f"training.max_steps={steps}", "training.eval_every=12",
                                        "tracking.study_name=concurrent"])
     result = run_study(spec, out=io.StringIO())
-    assert len(result.outcomes) == 6 and all(o.error is None for o in result.outcomes)
+    assert len(result.trials) == 6 and all(o.error is None for o in result.trials)
     _assert_complete(result.tracking_uri, "concurrent", trials=6, steps=steps)
 
 

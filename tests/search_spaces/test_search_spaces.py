@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 import search_spaces
-from study.spec import SpecError, StudySpec
+from study.spec import StudySpec
+from trainers.config import SpecError
 from trainers import norms
 
 FAMILIES = sorted(p.stem for p in search_spaces.HERE.glob("*.yaml"))
@@ -21,24 +22,34 @@ def test_bundled_space_validates_and_defaults_are_paper_values(family):
 @pytest.mark.parametrize("scheme", norms.names())
 def test_every_scheme_has_a_space_whose_targets_apply(scheme):
     spec = StudySpec.model_validate({"schemes": [scheme]})
-    space = search_spaces.for_scheme(spec, scheme)
+    space = search_spaces.for_scheme(scheme)
     values = {name: d.default for name, d in space.items()}
-    out = search_spaces.apply(spec, scheme, values, space)
+    out = search_spaces.apply(spec.trainer_config(scheme), values, space)
     assert out.training.lr == pytest.approx(0.1)
+    assert out.hp == {name: pytest.approx(v) for name, v in values.items()}
     if norms.get(scheme).has_init_scale:
         assert "init_scale" in space
-        assert out.scheme(scheme).options["init_scale"] == 1.0
+        assert out.scheme.options["init_scale"] == 1.0
     else:
         assert "init_scale" not in space
 
 
 def test_apply_writes_sampled_values_and_rounds_ints():
     spec = StudySpec()
-    space = search_spaces.for_scheme(spec, "wn")
-    out = search_spaces.apply(spec, "wn", {"lr": 0.5, "init_scale": 2.0, "warmup_steps": 3.6, "seed": 7}, space)
+    space = search_spaces.for_scheme("wn")
+    out = search_spaces.apply(spec.trainer_config("wn"), {"lr": 0.5, "init_scale": 2.0, "warmup_steps": 3.6,
+                                                          "seed": 7}, space, optuna_trial_number=3)
     assert out.training.lr == 0.5 and out.training.warmup_steps == 4 and out.training.seed == 7
-    assert out.scheme("wn").options == {"init_scale": 2.0}
-    assert spec.training.lr == 0.1  # the study spec itself is untouched
+    assert out.scheme.options == {"init_scale": 2.0}
+    assert out.hp == {"lr": 0.5, "init_scale": 2.0, "warmup_steps": 4, "seed": 7} and out.optuna_trial_number == 3
+    assert spec.training.lr == 0.1 and spec.scheme("wn").options == {}  # the study spec itself is untouched
+
+
+def test_apply_refuses_a_value_its_field_refuses_in_one_line():
+    space = search_spaces.for_scheme("wn")
+    with pytest.raises(SpecError) as err:
+        search_spaces.apply(StudySpec().trainer_config("wn"), {"lr": -1.0}, space)
+    assert "training.lr: must be > 0" in str(err.value) and "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("body, fragment", [

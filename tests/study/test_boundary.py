@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from study.boundary import Bracket, bracket_of, expected_points, point_status, round_lr, tolerance_grid, within
+from study.boundary import Bracket, expected_points, round_lr, tolerance_grid, within
 
 SQRT2 = 2**0.5
 
@@ -51,7 +51,7 @@ def test_converges_to_tolerance_around_the_first_seed_to_diverge(true_b, order):
     s, d = b.bracket()
     assert b.status == "converged"
     assert s <= true_b < d and within(s, d, SQRT2)
-    assert b.status_of(s) == "stable" and b.status_of(d) == "diverged"
+    assert b.status_of(s) == "stable" and b.status_of(d) == "failed"
 
 
 def test_boundary_inside_the_start_costs_the_ends_plus_bisections():
@@ -77,7 +77,7 @@ def test_both_ends_start_at_once_then_one_rate_at_a_time():
 def test_a_diverged_seed_decides_the_point_and_its_other_seeds_are_not_started():
     b = Bracket(0.01, 1.0, 4.0, 12, (0, 1))
     starts = drive(b, threshold({0: 0.05, 1: 1e9}), concurrency=1)
-    diverged = [lr for lr, st in b.statuses().items() if st == "diverged"]
+    diverged = [lr for lr, st in b.statuses().items() if st == "failed"]
     for lr in diverged:  # seed 0 ran first (concurrency 1) and diverged: seed 1 was never needed
         assert (lr, 1) not in starts
     assert all(len(v) == 2 for lr, v in b.outcomes.items() if b.status_of(lr) == "stable")
@@ -118,12 +118,12 @@ def test_an_error_below_the_boundary_stops_the_bracket_and_a_late_result_reopens
         b.start(lr, s)
     b.record(1.0, 0, "diverged")
     b.record(0.01, 0, "stable")
-    b.record(0.01, 1, "error")  # a failure is not a divergence: the boundary is unknown below 1.0
+    b.record(0.01, 1, "errored")  # an error is not a divergence: the boundary is unknown below 1.0
     assert b.status == "error" and b.requests() == [] and b.done
     b.record(0.01, 1, "stable")  # re-run on --resume
     assert b.status == "running" and {lr for lr, _ in b.requests()} == {0.1}
     b2 = Bracket(0.01, 1.0, SQRT2, 12, (0, 1))
-    drive(b2, lambda lr, seed: "error" if seed == 1 and lr > 0.5 else threshold({0: 0.2, 1: 0.2})(lr, seed))
+    drive(b2, lambda lr, seed: "errored" if seed == 1 and lr > 0.5 else threshold({0: 0.2, 1: 0.2})(lr, seed))
     assert b2.status == "converged"  # the other seed diverged at 1.0: that point's error does not matter
 
 
@@ -142,16 +142,6 @@ def test_state_round_trip_continues_identically():
     restored.record(0.1, 0, outcome(0.1, 0))
     drive(restored, outcome)
     assert restored.bracket() == whole.bracket() and set(restored.outcomes) == set(whole.outcomes)
-
-
-def test_point_status_and_bracket_of():
-    assert point_status(["stable", "stable"]) == "stable"
-    assert point_status(["stable", None]) == "pending"
-    assert point_status([None, "diverged"]) == "diverged"
-    assert point_status(["error", "stable"]) == "error" and point_status(["error", "diverged"]) == "diverged"
-    assert bracket_of({0.1: "stable", 0.3: "diverged", 1.0: "stable", 0.2: "pending"}) == (0.1, 0.3)
-    assert bracket_of({0.1: "stable", 0.3: "stable"}) == (0.3, None)
-    assert bracket_of({0.1: "diverged"}) == (None, 0.1)
 
 
 def test_tolerance_grid_is_the_coarsest_log_grid_with_that_precision():

@@ -7,16 +7,30 @@ from ray.tune.search import Searcher
 
 from study import spec as spec_mod
 from study.boundary import within
-from study.boundary_search import BoundarySearch, bracket_keys, classify
+from study.boundary_search import BoundarySearch, classify
+from study.trial_configs import TrialConfigs
+from trainers.config import TrialConfig
 
-STABLE = {"diverged": 0.0, "final_test_top1": 0.4, "objective": 0.4}
+STABLE = {"diverged": 0.0, "collapsed": 0.0, "final_test_top1": 0.4, "objective": 0.4}
 DIVERGED = {"diverged": 1.0, "objective": 0.0, "divergence_cause": "non_finite_loss"}
+COLLAPSED = {"diverged": 0.0, "collapsed": 1.0, "final_test_top1": 0.1, "objective": 0.1}
+
+
+def _configs(*overrides: str) -> TrialConfigs:
+    return TrialConfigs(spec_mod.load(None, ["schemes=[bn, wn]", "search.grid_init_scale=[1.0]", *overrides]))
 
 
 def _searcher(**kw) -> BoundarySearch:
     args = dict(low=0.01, high=1.0, tolerance=2**0.5, max_points=12, seeds=[0, 1])
     args.update(kw)
-    return BoundarySearch([("bn", None), ("wn", 1.0)], **args)
+    return BoundarySearch(_configs(), **args)
+
+
+def _point(cfg: dict) -> dict:
+    """A suggestion's trial config as a plain point: scheme, lr, seed and (where the scheme has one) init_scale."""
+    trial = cfg["trial"]
+    assert isinstance(trial, TrialConfig) and set(cfg) == {"trial"}
+    return {"scheme": trial.scheme_name, **trial.hp}
 
 
 def _result(point: dict, boundaries: dict) -> dict:
@@ -31,7 +45,7 @@ def _run(searcher: BoundarySearch, boundaries: dict) -> None:
         if cfg == Searcher.FINISHED:
             return
         if cfg is not None:
-            live[f"t{n}"] = cfg["point"]
+            live[f"t{n}"] = _point(cfg)
             n += 1
             continue
         assert live, "the searcher waits with nothing running"
@@ -42,14 +56,17 @@ def _run(searcher: BoundarySearch, boundaries: dict) -> None:
 def test_spec_gives_one_bracket_per_scheme_and_init_scale_and_grid_shaped_configs():
     spec = spec_mod.load(None, ["schemes=[bn, wn]", "search.mode=boundary", "search.grid_init_scale=[1.0, 3.0]",
                                 "search.seeds=[0, 1]"])
-    assert bracket_keys(spec) == [("bn", None), ("wn", 1.0), ("wn", 3.0)]
-    s = BoundarySearch.from_spec(spec)
+    assert TrialConfigs(spec).bracket_keys() == [("bn", None), ("wn", 1.0), ("wn", 3.0)]
+    s = BoundarySearch.from_configs(TrialConfigs(spec))
     assert s.upper_bound_trials() == 3 * spec.search.boundary_max_points * 2
     configs = [s.suggest(f"t{i}") for i in range(3)]
-    # brackets in turn, each config the grid's {"point": ...} shape (init_scale only where the scheme has one)
-    assert [c["point"]["scheme"] for c in configs] == ["bn", "wn", "wn"]
-    assert "init_scale" not in configs[0]["point"] and {c["point"].get("init_scale") for c in configs[1:]} == {1.0, 3.0}
-    assert set(configs[0]["point"]) == {"scheme", "lr", "seed"}
+    # brackets in turn, each config every mode's {"trial": TrialConfig} shape, its values applied
+    points = [_point(c) for c in configs]
+    assert [p["scheme"] for p in points] == ["bn", "wn", "wn"]
+    assert "init_scale" not in points[0] and {p.get("init_scale") for p in points[1:]} == {1.0, 3.0}
+    assert set(points[0]) == {"scheme", "lr", "seed"}
+    wn = configs[1]["trial"]
+    assert wn.training.lr == wn.hp["lr"] and wn.scheme.options["init_scale"] == wn.hp["init_scale"]
 
 
 def test_search_finishes_with_every_bracket_within_tolerance():
@@ -69,19 +86,20 @@ def test_concurrency_limit_and_waiting():
     got = [s.suggest(f"t{i}") for i in range(4)]
     assert all(g is not None for g in got[:3]) and got[3] is None  # the limit, not the end
     assert s.set_max_concurrency(5) and s.suggest("t4") is not None
-    s2 = BoundarySearch([("bn", None)], low=0.01, high=1.0, tolerance=2.0, max_points=12, seeds=[0])
-    a, b = s2.suggest("a"), s2.suggest("b")
-    assert {a["point"]["lr"], b["point"]["lr"]} == {0.01, 1.0}
+    s2 = BoundarySearch(_configs("schemes=[bn]"), low=0.01, high=1.0, tolerance=2.0, max_points=12, seeds=[0])
+    a, b = _point(s2.suggest("a")), _point(s2.suggest("b"))
+    assert {a["lr"], b["lr"]} == {0.01, 1.0}
     assert s2.suggest("c") is None  # both ends running: nothing to start, but not finished
-    s2.on_trial_complete("a", STABLE if a["point"]["lr"] == 0.01 else DIVERGED)
-    s2.on_trial_complete("b", DIVERGED if b["point"]["lr"] == 1.0 else STABLE)
-    assert s2.suggest("d")["point"]["lr"] == 0.1
+    s2.on_trial_complete("a", STABLE if a["lr"] == 0.01 else DIVERGED)
+    s2.on_trial_complete("b", DIVERGED if b["lr"] == 1.0 else STABLE)
+    assert _point(s2.suggest("d"))["lr"] == 0.1
 
 
 @pytest.mark.parametrize("result,error,expected", [
-    (STABLE, False, "stable"), (DIVERGED, False, "diverged"), (None, True, "error"), (None, False, "error"),
-    ({"diverged": 0.0, "objective": 0.0}, False, "error"),  # stopped before its summary: not a stable run
-    (STABLE, True, "error"),
+    (STABLE, False, "stable"), (DIVERGED, False, "diverged"), (COLLAPSED, False, "collapsed"),
+    (None, True, "errored"), (None, False, "errored"),
+    ({"diverged": 0.0, "objective": 0.0}, False, "errored"),  # stopped before its summary: not a stable run
+    (STABLE, True, "errored"),
 ])
 def test_classify(result, error, expected):
     assert classify(result, error) == expected
@@ -96,7 +114,7 @@ def test_save_restore_mid_search_continues_and_accepts_running_trials(tmp_path):
     for i in range(6):
         cfg = part.suggest(f"t{i}")
         if cfg is not None:
-            live[f"t{i}"] = cfg["point"]
+            live[f"t{i}"] = _point(cfg)
     first = next(iter(live))
     part.on_trial_complete(first, _result(live.pop(first), boundaries))
     path = tmp_path / "searcher.pkl"
@@ -109,15 +127,15 @@ def test_save_restore_mid_search_continues_and_accepts_running_trials(tmp_path):
     n = 100
     while (cfg := restored.suggest(f"r{n}")) != Searcher.FINISHED:
         assert cfg is not None
-        restored.on_trial_complete(f"r{n}", _result(cfg["point"], boundaries))
+        restored.on_trial_complete(f"r{n}", _result(_point(cfg), boundaries))
         n += 1
     assert [(r["stable_lr"], r["diverged_lr"]) for r in restored.summary()] == \
         [(r["stable_lr"], r["diverged_lr"]) for r in whole.summary()]
 
 
 def test_an_error_stops_only_its_bracket_and_a_rerun_of_it_is_recorded():
-    s = BoundarySearch([("bn", None), ("wn", 1.0)], low=0.01, high=1.0, tolerance=2.0, max_points=12, seeds=[0])
-    cfgs = {f"t{i}": s.suggest(f"t{i}")["point"] for i in range(4)}
+    s = BoundarySearch(_configs(), low=0.01, high=1.0, tolerance=2.0, max_points=12, seeds=[0])
+    cfgs = {f"t{i}": _point(s.suggest(f"t{i}")) for i in range(4)}
     for tid, p in cfgs.items():
         if p["scheme"] == "bn" and p["lr"] == 0.01:
             s.on_trial_complete(tid, None, error=True)
@@ -126,7 +144,17 @@ def test_an_error_stops_only_its_bracket_and_a_rerun_of_it_is_recorded():
             s.on_trial_complete(tid, STABLE if p["lr"] == 0.01 else DIVERGED)
     rows = {r["scheme"]: r for r in s.summary()}
     assert rows["bn"]["status"] == "error" and rows["wn"]["status"] == "running"
-    assert s.suggest("n0")["point"]["scheme"] == "wn"  # the other bracket goes on
+    assert _point(s.suggest("n0"))["scheme"] == "wn"  # the other bracket goes on
     s.on_trial_complete(errored, STABLE)  # the errored trial re-run on --resume, same id
     assert {r["scheme"]: r for r in s.summary()}["bn"]["status"] == "running"
     s.on_trial_complete("unknown", STABLE)  # not one of ours: ignored
+
+
+def test_a_collapse_bounds_the_bracket_like_a_divergence():
+    """The searcher's bracket and the report's rules agree: a collapsed trial fails its rate (trainers.outcome)."""
+    s = BoundarySearch(_configs("schemes=[bn]"), low=0.01, high=1.0, tolerance=2.0, max_points=12, seeds=[0])
+    a, b = _point(s.suggest("a")), _point(s.suggest("b"))
+    for tid, p in (("a", a), ("b", b)):
+        s.on_trial_complete(tid, COLLAPSED if p["lr"] == 1.0 else STABLE)
+    assert s.summary()[0]["diverged_lr"] == 1.0 and s.summary()[0]["stable_lr"] == 0.01
+    assert _point(s.suggest("c"))["lr"] == 0.1  # it bisects below the collapse, not above it

@@ -11,7 +11,16 @@ from typing import Any
 
 import pytest
 
+from study import spec as spec_mod
 from study.progress import TrialProgress
+from study.trial_configs import TrialConfigs
+
+CONFIGS = TrialConfigs(spec_mod.load(None, ["schemes=[bn, wn, nf]"]))
+
+
+def point(scheme: str, lr: float, init_scale: float | None = None, seed: int = 0) -> dict[str, Any]:
+    """A Tune trial config as the runner makes it: {"trial": TrialConfig}."""
+    return {"trial": CONFIGS.point(scheme, lr, seed, init_scale)}
 
 
 class Terminal(io.StringIO):
@@ -30,9 +39,9 @@ class FakeTrial:
 def _trials() -> list[FakeTrial]:
     stable = {"diverged": 0.0, "final_train_top1": 0.97, "final_test_top1": 0.91}
     diverged = {"diverged": 1.0, "divergence_step": 37.0, "divergence_cause": "loss_spike"}
-    return [FakeTrial("t1", {"point": {"scheme": "bn", "lr": 0.1, "seed": 0}}, last_result=stable),
-            FakeTrial("t2", {"point": {"scheme": "wn", "lr": 3.0, "init_scale": 1.0, "seed": 0}}, last_result=diverged),
-            FakeTrial("t3", {"point": {"scheme": "wn", "lr": 0.1, "init_scale": 1.0, "seed": 0}})]
+    return [FakeTrial("t1", point("bn", 0.1), last_result=stable),
+            FakeTrial("t2", point("wn", 3.0, 1.0), last_result=diverged),
+            FakeTrial("t3", point("wn", 0.1, 1.0))]
 
 
 def _run(progress: TrialProgress, trials: list[FakeTrial]) -> None:
@@ -108,10 +117,19 @@ def test_pickles_without_its_stream_as_tune_stores_callbacks():
 def test_a_collapsed_trial_says_so_on_its_line_and_in_the_bar():
     out = Terminal()
     progress = TrialProgress(total=1, out=out)
-    t = FakeTrial("t1", {"point": {"scheme": "nf", "lr": 1.0, "seed": 0}},
+    t = FakeTrial("t1", point("nf", 1.0),
                   last_result={"diverged": 0.0, "collapsed": 1.0, "collapse_cause": "dead_relu",
                                "final_train_top1": 0.1, "final_test_top1": 0.1})
     progress.on_step_begin(0, [t])
     progress.on_trial_complete(1, [t], t)
     assert "train 0.100  test 0.100  collapsed: dead_relu" in out.getvalue()
     assert "0 diverged, 1 collapsed" in out.getvalue()
+
+
+def test_an_optuna_trial_shows_its_hyperparameters_not_its_optuna_number():
+    out = io.StringIO()
+    trial = CONFIGS.resolve("bn", {"lr": 0.3, "weight_decay": 1e-4, "seed": 0}, optuna_trial_number=7)
+    t = FakeTrial("t1", {"trial": trial}, last_result={"diverged": 0.0, "final_train_top1": 0.5,
+                                                       "final_test_top1": 0.4})
+    TrialProgress(total=1, out=out).on_trial_complete(1, [t], t)
+    assert "lr=0.3 seed=0 weight_decay=0.0001" in out.getvalue() and "optuna" not in out.getvalue()

@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from study import spec as spec_mod
-from study.runner import grid_points
+from study.trial_configs import TrialConfigs
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +20,7 @@ def test_normstudy_run_default_completes_with_summary_mlflow_runs_and_report(tmp
                           timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
-    expected = len(grid_points(spec_mod.load()))
+    expected = len(TrialConfigs(spec_mod.load()).grid())
     progress = [ln for ln in out.splitlines() if ln.startswith("[")]
     assert len(progress) == expected  # one line per finished trial, no Ray status tables
     assert "Trial status" not in out and "Configuration for experiment" not in out

@@ -14,8 +14,10 @@ import pytest
 from mlflow import MlflowClient
 
 from study import spec as spec_mod
-from study.runner import grid_points, run_study, summary_table
+from study.results import summary_table
+from study.runner import run_study
 from study.tracking import ROLE, SCHEME, STUDY
+from study.trial_configs import TrialConfigs
 
 pytestmark = pytest.mark.integration
 
@@ -95,11 +97,12 @@ def test_asha_study_closes_every_trial_run(tmp_path, ray_cluster, monkeypatch):
 
 def test_grid_points_cover_lr_init_scale_and_seeds_only_where_they_apply():
     spec = spec_mod.load(None)
-    points = grid_points(spec)
+    trials = TrialConfigs(spec).grid()
     s = spec.search
     by_scheme = {}
-    for p in points:
-        by_scheme.setdefault(p["scheme"], []).append(p)
+    for t in trials:
+        assert t.training.lr == t.hp["lr"] and t.training.seed == t.hp["seed"]  # the values are applied
+        by_scheme.setdefault(t.scheme_name, []).append(t.hp)
     assert len(by_scheme["bn"]) == len(s.grid_lr) * len(s.seeds)
     assert all("init_scale" not in p for p in by_scheme["bn"])
     assert len(by_scheme["wn"]) == len(s.grid_lr) * len(s.grid_init_scale) * len(s.seeds)

@@ -16,15 +16,11 @@ from __future__ import annotations
 
 import torch
 
-from study.spec import DataSpec
-from trainers.data.base import Batch, DataBundle, ShardedTrain
+from trainers.config import DataSpec
+from trainers.data.base import DALI_INSTALL_HINT, Batch, DataBundle, ShardedTrain
 
-__all__ = ["Batch", "DataBundle", "ShardedTrain", "build_data", "resolve_loader"]
+__all__ = ["DALI_INSTALL_HINT", "Batch", "DataBundle", "ShardedTrain", "build_data", "resolve_loader"]
 
-DALI_INSTALL_HINT = (
-    "data.loader 'dali' needs NVIDIA DALI: pip install nvidia-dali-cuda130 (CUDA 13 drivers, the default) "
-    "or nvidia-dali-cuda120 (CUDA 12), or set data.loader: torchvision"
-)
 
 
 def resolve_loader(loader: str, cuda_available: bool | None = None) -> str:

@@ -15,6 +15,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+DALI_INSTALL_HINT = (
+    "data.loader 'dali' needs NVIDIA DALI: pip install nvidia-dali-cuda130 (CUDA 13 drivers, the default) "
+    "or nvidia-dali-cuda120 (CUDA 12), or set data.loader: torchvision"
+)
+
 Batch = tuple[Tensor, Tensor]
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, has_file_allowed_extension
 
-from study.spec import DataSpec
+from trainers.config import DataSpec
 
 # ImageNet statistics (torchvision's reference recipe): [0, 1] scale for torchvision, x255 for DALI.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -34,8 +34,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from study.spec import DataSpec
+from trainers.config import DataSpec
 from trainers.data.base import (
+    DALI_INSTALL_HINT,
     Batch,
     DataBundle,
     check_steps,
@@ -64,8 +65,6 @@ def _dali() -> Any:
         from nvidia import dali
         from nvidia.dali.plugin import pytorch as dali_torch
     except ImportError:
-        from trainers.data import DALI_INSTALL_HINT
-
         raise ImportError(DALI_INSTALL_HINT) from None
     return dali, dali_torch
 

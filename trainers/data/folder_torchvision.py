@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from study.spec import DataSpec
+from trainers.config import DataSpec
 from trainers.data.base import (
     Batch,
     DataBundle,

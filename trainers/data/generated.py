@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from study.spec import DataSpec
+from trainers.config import DataSpec
 from trainers.data.base import (
     Batch,
     DataBundle,

@@ -13,6 +13,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
+from trainers.resnet import BasicBlock, Bottleneck
+
 
 class SchemeOptions(BaseModel):
     """Options every scheme accepts; schemes subclass this to add their own."""
@@ -63,13 +65,9 @@ class NormScheme:
 
     # --- blocks: schemes that change the residual structure (NF, Fixup) override these ---------------
     def basic_block(self, inplanes: int, planes: int, stride: int) -> nn.Module:
-        from trainers.resnet import BasicBlock
-
         return BasicBlock(self, inplanes, planes, stride)
 
     def bottleneck(self, inplanes: int, planes: int, stride: int) -> nn.Module:
-        from trainers.resnet import Bottleneck
-
         return Bottleneck(self, inplanes, planes, stride)
 
     def stem_pool(self) -> nn.Module:

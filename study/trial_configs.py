@@ -1,0 +1,63 @@
+"""Every trial's config, resolved and validated once, on the study driver, in one shape.
+
+Grid points, boundary brackets and Optuna suggestions all become a :class:`trainers.config.TrialConfig`
+here (``search_spaces.apply``: the scheme's trainer config with the trial's values written in, validated
+once). Tune carries it to the trial as ``config["trial"]`` (:data:`TRIAL`); the trial, the progress lines
+and the runner read it with :func:`trial_of`, and the loop trusts it. Search spaces are read from disk
+once per study, not per trial.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import search_spaces
+from study.spec import StudySpec
+from trainers import norms
+from trainers.config import TrainerConfig, TrialConfig
+
+TRIAL = "trial"  # the one key of a trial's Tune config
+
+
+def trial_of(config: Mapping[str, Any] | None) -> TrialConfig | None:
+    """The trial config inside a Tune trial config (None where there is none: not one of ours)."""
+    trial = (config or {}).get(TRIAL)
+    return trial if isinstance(trial, TrialConfig) else None
+
+
+class TrialConfigs:
+    """The study's trial configs: each scheme's trainer config and search space, and the resolver."""
+
+    def __init__(self, spec: StudySpec) -> None:
+        self.spec = spec
+        self._bases: dict[str, TrainerConfig] = {e.name: spec.trainer_config(e.name) for e in spec.schemes}
+        self._spaces = {e.name: search_spaces.for_scheme(e.name, spec.search.space_dir) for e in spec.schemes}
+
+    def space(self, scheme: str) -> search_spaces.SearchSpace:
+        return self._spaces[scheme]
+
+    def resolve(self, scheme: str, values: Mapping[str, Any], optuna_trial_number: int | None = None) -> TrialConfig:
+        """One trial of ``scheme`` with the sampled ``values`` (``lr``, ``init_scale``, ``seed``, ...)."""
+        return search_spaces.apply(self._bases[scheme], values, self._spaces[scheme], optuna_trial_number)
+
+    def init_scales(self, scheme: str) -> list[float | None]:
+        """The grid's init scales where the scheme has one (the stability map's second axis), else [None]."""
+        return list(self.spec.search.grid_init_scale) if norms.get(scheme).has_init_scale else [None]
+
+    def bracket_keys(self) -> list[tuple[str, float | None]]:
+        """Every (scheme, init scale) of a boundary study; init scale ``None`` where the scheme has none."""
+        return [(e.name, s) for e in self.spec.schemes for s in self.init_scales(e.name)]
+
+    def point(self, scheme: str, lr: float, seed: int, init_scale: float | None) -> TrialConfig:
+        """The trial at one (lr, init scale, seed) of a grid or a bracket."""
+        values: dict[str, Any] = {"lr": lr, "seed": seed}
+        if init_scale is not None:
+            values["init_scale"] = init_scale
+        return self.resolve(scheme, values)
+
+    def grid(self) -> list[TrialConfig]:
+        """Every (scheme, lr, init scale, seed) of a grid study, scheme-major."""
+        s = self.spec.search
+        return [self.point(e.name, lr, seed, scale) for e in self.spec.schemes for lr in s.grid_lr
+                for scale in self.init_scales(e.name) for seed in s.seeds]
