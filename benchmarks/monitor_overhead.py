@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from study.spec import load
-from trainers import divergence, run_logger
+from trainers import divergence, monitor_recorder, run_logger
 from trainers.loop import train_loop_per_worker
 from trainers.session import LocalSession
 
@@ -52,12 +52,15 @@ SECTION = "## Monitor overhead"
 class Clock:
     """Seconds spent inside some methods of a class (and in the closures some of them return)."""
 
-    def __init__(self, cls: type, methods: tuple[str, ...], factories: tuple[str, ...] = ()) -> None:
+    def __init__(self, cls: type, methods: tuple[str, ...], factories: tuple[str, ...] = (),
+                 factories_of: type | None = None) -> None:
+        """``factories_of``: the class that defines ``factories`` (default ``cls``)."""
         self.cls, self.methods, self.factories = cls, methods, factories
+        self.factories_of = factories_of or cls
         self.seconds = 0.0
         self.by_name: dict[str, float] = dict.fromkeys((*methods, *factories), 0.0)
         self.calls: dict[str, int] = dict.fromkeys((*methods, *factories), 0)
-        self._saved: dict[str, Any] = {}
+        self._saved: dict[str, tuple[type, Any]] = {}
 
     def _timed(self, fn, name: str):
         def timed(*args, **kwargs):
@@ -73,21 +76,23 @@ class Clock:
 
     def __enter__(self) -> Clock:
         for name in (*self.methods, *self.factories):
-            self._saved[name] = original = getattr(self.cls, name)
+            owner = self.factories_of if name in self.factories else self.cls
+            original = getattr(owner, name)
+            self._saved[name] = (owner, original)
             if name in self.factories:  # e.g. a hook factory: time the hook it makes, not its making
-                setattr(self.cls, name, lambda *a, _o=original, _n=name, **k: self._timed(_o(*a, **k), _n))
+                setattr(owner, name, lambda *a, _o=original, _n=name, **k: self._timed(_o(*a, **k), _n))
             else:
-                setattr(self.cls, name, self._timed(original, name))
+                setattr(owner, name, self._timed(original, name))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for name, original in self._saved.items():
-            setattr(self.cls, name, original)
+        for name, (owner, original) in self._saved.items():
+            setattr(owner, name, original)
 
 
 def monitor_clock() -> Clock:
     return Clock(divergence.DivergenceMonitor, ("start_step", "record", "end_step", "flush"),
-                 factories=("_moments_hook", "_dead_hook"))
+                 factories=("_moments_hook", "_dead_hook"), factories_of=monitor_recorder.StepRecorder)
 
 
 def logger_clock() -> Clock:
@@ -98,7 +103,7 @@ def run_once(scheme: str, steps: int, monitor: bool, tracking: tuple[str, str] |
     spec = load(None, [f"training.max_steps={steps}", "training.torch_threads=1",
                        f"divergence.monitor={str(monitor).lower()}", "divergence.hessian_every=0"])
     session = LocalSession()
-    config: dict[str, Any] = {"spec": spec.to_dict(), "scheme": scheme, "session": "local"}
+    config: dict[str, Any] = {"trial": spec.trainer_config(scheme), "session": "local"}
     if tracking:
         config["tracking_uri"], config["run_id"] = tracking
     t0 = time.perf_counter()

@@ -33,7 +33,7 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from study.boundary import Bracket
-from study.trial_configs import TRIAL, TrialConfigs
+from study.trial_configs import TrialConfigs, tune_config
 from trainers.outcome import ERRORED, UNFINISHED, outcome_of
 
 
@@ -88,7 +88,7 @@ class BoundarySearch(Searcher):
                 self.running[trial_id] = (key, lr, seed)
                 self._turn = (self._turn + i + 1) % n
                 scheme, scale = key
-                return {TRIAL: self.configs.point(scheme, lr, seed, scale)}
+                return tune_config(self.configs.point(scheme, lr, seed, scale))
         if not self.running and all(b.done for b in self.brackets.values()):
             return Searcher.FINISHED
         return None

@@ -146,8 +146,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise
     tracker.set_tags(run_id, end_tags(metrics))
     tracker.finish(run_id)
-    keys = ["steps_done", "outcome", "diverged", "divergence_cause", "divergence_step", "divergence_layer", "collapse_cause",
-            "final_train_top1", "final_test_top1", "final_gap", "step_time_mean_s"]
+    keys = ["steps_done", "outcome", "diverged", "divergence_cause", "divergence_step", "divergence_layer",
+            "collapse_cause", "final_train_top1", "final_test_top1", "final_gap", "step_time_mean_s"]
     shown = [f"{k}={metrics[k]:.4g}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
              for k in keys if k in metrics]
     print(f"{args.scheme}: " + "  ".join(shown))

@@ -15,7 +15,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import SearchSpace
-from study.trial_configs import TRIAL, TrialConfigs
+from study.trial_configs import TrialConfigs, tune_config
 
 NUMBER = "optuna_trial_number"
 
@@ -57,7 +57,7 @@ class TrialConfigSearch(Searcher):
             return values
         values = dict(values)
         number = values.pop(NUMBER, None)
-        return {TRIAL: self.configs.resolve(self.scheme, values, number)}
+        return tune_config(self.configs.resolve(self.scheme, values, number))
 
     # --- everything else is the wrapped searcher's ---------------------------------------------------
 

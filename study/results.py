@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from analysis.collect import SchemeData, TrialData
+from analysis.collect import SchemeData, TrialData, scheme_order
 from analysis.summarize import SchemeSummary, stat, summarize_scheme
 from study.boundary import within
 from study.boundary_search import classify
@@ -65,7 +65,8 @@ def scheme_summaries(result: StudyResult) -> dict[str, SchemeSummary]:
     by_scheme: dict[str, list[TrialData]] = {}
     for r in result.trials:
         by_scheme.setdefault(r.scheme, []).append(trial_data(r))
-    return {name: summarize_scheme(SchemeData(name, "", {}, {}, ts)) for name, ts in by_scheme.items()}
+    return {name: summarize_scheme(SchemeData(name, "", {}, {}, by_scheme[name]))
+            for name in sorted(by_scheme, key=scheme_order)}  # the report's order: BN first
 
 
 def boundary_rows(configs: TrialConfigs, trials: Sequence[TrialResult]) -> list[dict[str, Any]]:

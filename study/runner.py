@@ -193,7 +193,7 @@ def _new_tuner(spec: StudySpec, configs: TrialConfigs, name: str, scheme: str | 
     space: dict[str, Any] = {}
     if s.mode == "grid":
         search_alg, num_samples = None, 1
-        space = {TRIAL: tune.grid_search(configs.grid())}
+        space = {TRIAL: tune.grid_search([t.to_dict() for t in configs.grid()])}
     elif s.mode == "boundary":
         search_alg = BoundarySearch.from_configs(configs)
         # Tune stops asking after num_samples: the cap, which the searcher never exceeds (it says FINISHED).

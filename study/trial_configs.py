@@ -2,9 +2,10 @@
 
 Grid points, boundary brackets and Optuna suggestions all become a :class:`trainers.config.TrialConfig`
 here (``search_spaces.apply``: the scheme's trainer config with the trial's values written in, validated
-once). Tune carries it to the trial as ``config["trial"]`` (:data:`TRIAL`); the trial, the progress lines
-and the runner read it with :func:`trial_of`, and the loop trusts it. Search spaces are read from disk
-once per study, not per trial.
+once). Tune carries it to the trial as ``config["trial"]`` (:data:`TRIAL`, :func:`tune_config`) in its
+JSON form, which survives Tune's stored state on ``--resume``; the trial, the progress lines and the
+runner read it back with :func:`trial_of` (no second validation), and the loop trusts it. Search spaces
+are read from disk once per study, not per trial.
 """
 
 from __future__ import annotations
@@ -20,10 +21,19 @@ from trainers.config import TrainerConfig, TrialConfig
 TRIAL = "trial"  # the one key of a trial's Tune config
 
 
+def tune_config(trial: TrialConfig) -> dict[str, Any]:
+    """A trial's Tune config: its trial config in JSON form, so Tune's stored experiment state (``--resume``)
+    and its params.json hold plain values, not pickled objects."""
+    return {TRIAL: trial.to_dict()}
+
+
 def trial_of(config: Mapping[str, Any] | None) -> TrialConfig | None:
-    """The trial config inside a Tune trial config (None where there is none: not one of ours)."""
+    """The trial config inside a Tune trial config, rebuilt without a second validation (None where there is
+    none: not one of ours)."""
     trial = (config or {}).get(TRIAL)
-    return trial if isinstance(trial, TrialConfig) else None
+    if isinstance(trial, TrialConfig):
+        return trial
+    return TrialConfig.from_dict(trial) if isinstance(trial, Mapping) else None
 
 
 class TrialConfigs:

@@ -221,6 +221,19 @@ class TrialConfig(TrainerConfig):
     def scheme_name(self) -> str:
         return self.scheme.name
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form a trial's config takes in Tune's config (and its stored experiment state)."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialConfig:
+        """Rebuild a config from :meth:`to_dict` WITHOUT validating it again: it was validated when built on
+        the driver, and this is the same object after a trip through Tune's (JSON) trial state."""
+        sections = {name: f.annotation for name, f in TrainerConfig.model_fields.items()
+                    if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)}
+        return cls.model_construct(**{k: sections[k].model_construct(**v) if k in sections else v
+                                      for k, v in data.items()})
+
     @property
     def seed(self) -> int:
         return self.training.seed

@@ -8,7 +8,7 @@ from ray.tune.search import Searcher
 from study import spec as spec_mod
 from study.boundary import within
 from study.boundary_search import BoundarySearch, classify
-from study.trial_configs import TrialConfigs
+from study.trial_configs import TrialConfigs, trial_of
 from trainers.config import TrialConfig
 
 STABLE = {"diverged": 0.0, "collapsed": 0.0, "final_test_top1": 0.4, "objective": 0.4}
@@ -28,7 +28,7 @@ def _searcher(**kw) -> BoundarySearch:
 
 def _point(cfg: dict) -> dict:
     """A suggestion's trial config as a plain point: scheme, lr, seed and (where the scheme has one) init_scale."""
-    trial = cfg["trial"]
+    trial = trial_of(cfg)
     assert isinstance(trial, TrialConfig) and set(cfg) == {"trial"}
     return {"scheme": trial.scheme_name, **trial.hp}
 
@@ -65,7 +65,7 @@ def test_spec_gives_one_bracket_per_scheme_and_init_scale_and_grid_shaped_config
     assert [p["scheme"] for p in points] == ["bn", "wn", "wn"]
     assert "init_scale" not in points[0] and {p.get("init_scale") for p in points[1:]} == {1.0, 3.0}
     assert set(points[0]) == {"scheme", "lr", "seed"}
-    wn = configs[1]["trial"]
+    wn = trial_of(configs[1])
     assert wn.training.lr == wn.hp["lr"] and wn.scheme.options["init_scale"] == wn.hp["init_scale"]
 
 

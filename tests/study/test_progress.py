@@ -13,14 +13,14 @@ import pytest
 
 from study import spec as spec_mod
 from study.progress import TrialProgress
-from study.trial_configs import TrialConfigs
+from study.trial_configs import TrialConfigs, tune_config
 
 CONFIGS = TrialConfigs(spec_mod.load(None, ["schemes=[bn, wn, nf]"]))
 
 
 def point(scheme: str, lr: float, init_scale: float | None = None, seed: int = 0) -> dict[str, Any]:
     """A Tune trial config as the runner makes it: {"trial": TrialConfig}."""
-    return {"trial": CONFIGS.point(scheme, lr, seed, init_scale)}
+    return tune_config(CONFIGS.point(scheme, lr, seed, init_scale))
 
 
 class Terminal(io.StringIO):
@@ -129,7 +129,7 @@ def test_a_collapsed_trial_says_so_on_its_line_and_in_the_bar():
 def test_an_optuna_trial_shows_its_hyperparameters_not_its_optuna_number():
     out = io.StringIO()
     trial = CONFIGS.resolve("bn", {"lr": 0.3, "weight_decay": 1e-4, "seed": 0}, optuna_trial_number=7)
-    t = FakeTrial("t1", {"trial": trial}, last_result={"diverged": 0.0, "final_train_top1": 0.5,
+    t = FakeTrial("t1", tune_config(trial), last_result={"diverged": 0.0, "final_train_top1": 0.5,
                                                        "final_test_top1": 0.4})
     TrialProgress(total=1, out=out).on_trial_complete(1, [t], t)
     assert "lr=0.3 seed=0 weight_decay=0.0001" in out.getvalue() and "optuna" not in out.getvalue()

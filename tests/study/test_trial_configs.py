@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from collections import Counter
 
@@ -12,7 +13,7 @@ from study import spec as spec_mod
 from study.boundary_search import BoundarySearch
 from study.optuna_search import TrialConfigSearch
 from study.spec import SpecError, StudySpec
-from study.trial_configs import TRIAL, TrialConfigs, trial_of
+from study.trial_configs import TRIAL, TrialConfigs, trial_of, tune_config
 from trainers.config import SchemeEntry, TrainerConfig, TrialConfig
 from trainers.norms.base import SchemeOptions
 
@@ -110,7 +111,8 @@ def test_a_trial_config_is_validated_once_on_the_driver_and_never_after(monkeypa
     # one validation (its nested sections validate inside it) and one check of the scheme's options
     assert counter.counts == {"TrialConfig": 1, "scheme options": 1}
     counter.counts.clear()
-    crossed = pickle.loads(pickle.dumps({TRIAL: trial}))  # what Tune and Ray Train do to it
+    # what Tune does to it: its JSON form in the trial's config and stored state, pickled to the trial actor
+    crossed = pickle.loads(pickle.dumps(json.loads(json.dumps(tune_config(trial)))))
     assert counter.counts == {} and trial_of(crossed) == trial
     summary = train_loop_per_worker({TRIAL: trial_of(crossed), "session": "local"})
     assert summary["steps_done"] == 2.0

@@ -313,13 +313,13 @@ def test_the_first_step_snapshot_is_replaced_by_detailed_steps_and_kept_across_f
     mon = DivergenceMonitor(model, DivergenceSpec())
     step(mon, model, 1, lr=0.0)
     mon.flush()
-    assert mon._wnorm_ref == pytest.approx(list(_norms(model).values()), rel=1e-6)
-    assert mon._wnorm_start is None  # taken once: a reference exists now
+    assert mon.attribution.wnorm_ref == pytest.approx(list(_norms(model).values()), rel=1e-6)
+    assert mon.recorder.wnorm_start is None  # taken once: a reference exists now
     with torch.no_grad():
         model[0].weight.mul_(2.0)
     step(mon, model, 2, lr=0.0, detailed=True)
     mon.flush()
-    assert mon._wnorm_ref[0] == pytest.approx(_norms(model)["0.weight"], rel=1e-6)
+    assert mon.attribution.wnorm_ref[0] == pytest.approx(_norms(model)["0.weight"], rel=1e-6)
 
 
 def _resnet(scheme: str = "bn"):
@@ -606,11 +606,11 @@ def test_hessian_mid_step_keeps_hooks_and_stats():
     mon.start_step(1, True)
     loss = nn.functional.cross_entropy(model(x), torch.arange(4))
     n_hooks = _hook_count(model)
-    n_stats = {k: len(v) for k, v in mon._act.items()}
+    n_stats = {k: len(v) for k, v in mon.recorder.act_stats.items()}
     top = mon.hessian_top_eigenvalue(lambda: nn.functional.cross_entropy(model(x), torch.arange(4)), 3)
     assert math.isfinite(top)
     assert _hook_count(model) == n_hooks  # re-armed, and the sharpness forward left no stats behind
-    assert {k: len(v) for k, v in mon._act.items()} == n_stats
+    assert {k: len(v) for k, v in mon.recorder.act_stats.items()} == n_stats
     model.zero_grad()
     loss.backward()
     mon.record(loss)
