@@ -18,6 +18,8 @@ runs no project code. What it reports:
 5. Modules over 400 lines.
 6. The number of ``# noqa: E402`` occurrences in the four packages.
 
+Imports under ``if TYPE_CHECKING:`` are not counted anywhere: they never run.
+
 Run from the repository root (standard library only):
     python benchmarks/centre_metrics.py              # readable text (markdown-ish tables)
     python benchmarks/centre_metrics.py --json       # the same numbers as JSON
@@ -164,6 +166,16 @@ class _Walker(ast.NodeVisitor):
 
     visit_FunctionDef = _visit_function
     visit_AsyncFunctionDef = _visit_function
+
+    def visit_If(self, node: ast.If) -> None:
+        # `if TYPE_CHECKING:` imports are for annotations only: no import at run time, so no edge.
+        test = node.test
+        if (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+                isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"):
+            for child in node.orelse:
+                self.visit(child)
+            return
+        self.generic_visit(node)
 
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
         self.scope.append(node.name)

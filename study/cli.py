@@ -1,4 +1,9 @@
-"""The ``normstudy`` command: run a study, train one trial, write the report, list schemes, submit a job."""
+"""The ``normstudy`` command: run a study, train one trial, write the report, list schemes, submit a job.
+
+Each command imports what it uses inside its function: ray, torch and mlflow take seconds to import, and
+``normstudy --help`` or a one-line spec error must not wait for them. Only the spec (pydantic) is imported
+here.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from study import spec as spec_mod
 from study.spec import SpecError
 
 
@@ -72,9 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _load(args: argparse.Namespace):
-    from study import spec as spec_mod
-
+def _load(args: argparse.Namespace) -> spec_mod.StudySpec:
     overrides = list(args.overrides)
     if getattr(args, "schemes", None):
         from trainers import norms
@@ -118,7 +122,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """One trial through Ray Train's TorchTrainer (N workers from the spec), outside any Tune study: the same
     trial config, trainer builder, params and end tags as a study's trial."""
-    from study import spec as spec_mod
     from study.preflight import preflight
     from study.runner import init_ray, resolve_paths
     from study.torch_trainer import build_torch_trainer

@@ -31,6 +31,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import ray
+import yaml
+
+import search_spaces
 from study.preflight_paths import (
     MAX_EXPERIMENT_NAME,
     MAX_STUDY_NAME,
@@ -44,6 +48,9 @@ from study.preflight_paths import (
 )
 from study.preflight_tracking import check_tracking
 from study.spec import SpecError, StudySpec
+from trainers import norms
+from trainers.data.base import steps_per_epoch
+from trainers.data.folder import scan_folder
 
 __all__ = [
     "EVAL_METRICS", "MAX_EXPERIMENT_NAME", "MAX_STUDY_NAME", "check_batches", "check_data", "check_data_paths",
@@ -91,11 +98,6 @@ def check_finite(spec: StudySpec) -> None:
 
 def check_search(spec: StudySpec) -> None:
     """Load every scheme's space now (a bad file fails here, not in the first trial of that scheme)."""
-    import yaml
-
-    import search_spaces
-    from trainers import norms
-
     s = spec.search
     if s.metric not in EVAL_METRICS:
         raise SpecError(f"search.metric: {s.metric!r} is not reported by the trainer; use one of "
@@ -151,8 +153,6 @@ def check_batches(spec: StudySpec) -> None:
 
 
 def _steps(samples: int, global_batch: int, workers: int) -> int:
-    from trainers.data.base import steps_per_epoch
-
     return steps_per_epoch(samples, global_batch // workers, workers)
 
 
@@ -160,8 +160,6 @@ def check_data(spec: StudySpec) -> None:
     """A folder data set: scanned and its image headers checked now (see trainers.data.folder)."""
     if spec.data.kind != "folder":
         return
-    from trainers.data.folder import scan_folder
-
     _check_absolute("data.path", spec.data.path)
     try:
         splits = scan_folder(spec.data, verify=True)
@@ -180,8 +178,6 @@ def check_data(spec: StudySpec) -> None:
 
 def check_placeable(spec: StudySpec) -> None:
     """Refuse a trial shape the cluster can never place (it would wait forever)."""
-    import ray
-
     res, s = ray.cluster_resources(), spec.scaling
     need_cpu = s.cpus_per_worker * s.num_workers
     if need_cpu > res.get("CPU", 0):

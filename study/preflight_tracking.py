@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from study.spec import SpecError, StudySpec
+from study.tracking import resolve_uri
 
 CONNECT_TIMEOUT_S = 3.0  # per check: an unreachable tracking server is refused in a few seconds
 DB_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}
@@ -26,8 +27,6 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 
 def check_tracking(spec: StudySpec) -> None:
     """The MLflow store can be reached and written, without writing to it."""
-    from study.tracking import resolve_uri  # imports mlflow: kept off `normstudy --help`
-
     uri = resolve_uri(spec.tracking.tracking_uri)
     parsed = urlparse(uri)
     scheme = parsed.scheme.lower()

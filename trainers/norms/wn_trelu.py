@@ -40,7 +40,7 @@ from torch import nn
 
 from trainers.norms.base import SchemeOptions
 from trainers.norms.registry import register
-from trainers.norms.wn import WeightNorm, WeightNormLinear, WeightNormOptions
+from trainers.norms.wn import WeightNorm, WeightNormLinear, WeightNormOptions, weight_norm_data_init
 
 
 class TranslatedReLU(nn.Module):
@@ -110,8 +110,6 @@ class WeightNormTReLU(WeightNorm):
         return TranslatedReLU(channels, self.options.slope, self.options.alpha_init, self.options.learn_slope)
 
     def data_dependent_init(self, model: nn.Module, images: torch.Tensor) -> None:
-        from trainers.norms.wn import weight_norm_data_init
-
         weight_norm_data_init(model, images)  # only the classifier, and only with classifier_data_init
 
 
