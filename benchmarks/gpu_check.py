@@ -279,7 +279,7 @@ def loop_spec(check: Check) -> StudySpec:
 def normstudy_run(spec: StudySpec, device: torch.device) -> list[tuple[float, float]]:
     """``train_loop_per_worker`` as throughput.py runs it; (wall, CPU) s per interval; it must not stop early."""
     session = TimedSession(device)
-    summary = train_loop_per_worker({"spec": spec.to_dict(), "scheme": "bn", "session": "local"}, session=session)
+    summary = train_loop_per_worker({"trial": spec.trainer_config("bn"), "session": "local"}, session=session)
     for copy in session.checkpoints:  # LocalSession keeps a copy of the final checkpoint (~0.2 GB for ResNet-50)
         shutil.rmtree(copy, ignore_errors=True)
     if summary.get("diverged") or summary.get("steps_done") != float(spec.training.max_steps):

@@ -83,11 +83,10 @@ def classifier_step(spec: StudySpec) -> None:
 def train(spec: StudySpec, schemes: list[str], seeds: list[int]) -> None:
     for scheme in schemes:
         for seed in seeds:
-            raw = spec.to_dict()
-            raw["training"]["seed"] = seed
+            config = spec.trainer_config(scheme)
+            config = config.model_copy(update={"training": config.training.model_copy(update={"seed": seed})})
             started = time.perf_counter()
-            s = train_loop_per_worker({"spec": StudySpec.model_validate(raw).to_dict(), "scheme": scheme,
-                                       "session": "local"}, session=LocalSession())
+            s = train_loop_per_worker({"trial": config, "session": "local"}, session=LocalSession())
             took = time.perf_counter() - started
             if s.get("diverged"):
                 result = f"diverged at step {int(s['divergence_step'])}: {s.get('divergence_cause', '?')}"

@@ -22,6 +22,7 @@ import torch
 
 from study import spec as spec_mod
 from study.runner import run_study
+from study.trial_configs import TrialConfigs
 from trainers.loop import train_loop_per_worker
 from trainers.session import LocalSession
 
@@ -38,17 +39,15 @@ def time_study(n: int, steps: int, name: str, concurrency: int) -> float:
     t0 = time.perf_counter()
     result = run_study(spec, out=io.StringIO())
     elapsed = time.perf_counter() - t0
-    assert len(result.outcomes) == n, f"expected {n} trials, got {len(result.outcomes)}"
+    assert len(result.trials) == n, f"expected {n} trials, got {len(result.trials)}"
     return elapsed
 
 
 def time_in_process(n: int, steps: int, concurrency: int) -> float:
     spec = _spec(n, steps, "inproc", concurrency)
     t0 = time.perf_counter()
-    for lr in spec.search.grid_lr:
-        raw = spec.to_dict()
-        raw["training"]["lr"] = lr
-        train_loop_per_worker({"spec": raw, "scheme": "bn"}, session=LocalSession())
+    for trial in TrialConfigs(spec).grid():  # the study's own trial configs: one a grid lr
+        train_loop_per_worker({"trial": trial, "session": "local"}, session=LocalSession())
     return (time.perf_counter() - t0) / concurrency  # n trials spread over `concurrency` slots
 
 

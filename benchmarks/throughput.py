@@ -40,8 +40,9 @@ from study import spec as spec_mod
 from study.spec import StudySpec
 from trainers import norms
 from trainers.data import build_data
-from trainers.loop import _batches, _seed_everything, _to, train_loop_per_worker
-from trainers.models import build_model, data_dependent_init
+from trainers.inputs import batches, seed_everything, to_device
+from trainers.loop import build_module, train_loop_per_worker
+from trainers.models import data_dependent_init
 from trainers.schedule import base_lr
 from trainers.session import LocalSession
 
@@ -84,7 +85,7 @@ def normstudy_intervals(spec: StudySpec, scheme: str, device: torch.device) -> l
     """(wall, CPU) seconds between consecutive interval reports of train_loop_per_worker (the final summary,
     which follows the evaluation, excluded)."""
     session = TimedSession(device)
-    train_loop_per_worker({"spec": spec.to_dict(), "scheme": scheme, "session": "local"}, session=session)
+    train_loop_per_worker({"trial": spec.trainer_config(scheme), "session": "local"}, session=session)
     interval_reports = session.times[:-1]  # the last report is the summary, after the evaluation
     if len(interval_reports) < 2:
         raise SystemExit("too few reports to time: raise --steps")
@@ -97,28 +98,24 @@ def bare_intervals(spec: StudySpec, scheme: str, device: torch.device) -> list[t
     t = spec.training
     if t.torch_threads:
         torch.set_num_threads(t.torch_threads)
-    _seed_everything(t.seed)
+    seed_everything(t.seed)
     data = build_data(spec.data, batch_size=t.batch_size, seed=t.seed, device=device)
     sch = norms.create(spec.scheme(scheme).name, **spec.scheme(scheme).options)
-    torch.manual_seed(t.seed)
-    model = build_model(spec.model.arch, sch, data.num_classes, dropout=t.dropout, cifar_width=spec.model.cifar_width,
-                        cifar_blocks=spec.model.cifar_blocks).to(device)
-    if t.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_module(spec.trainer_config(scheme), sch, data.num_classes, device)  # the loop's initial weights
     first_x, _ = next(data.train.epoch_iter(0))
-    data_dependent_init(model, sch, _to(first_x, device, t.channels_last))
+    data_dependent_init(model, sch, to_device(first_x, device, t.channels_last))
     if t.compile:
         model = torch.compile(model)
     opt = torch.optim.SGD(model.parameters(), lr=base_lr(t.lr, t.batch_size, t.lr_reference_batch),
                           momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if t.amp == "bf16" else contextlib.nullcontext()
-    batches = _batches(data.train, data.steps_per_epoch, start_step=0)
+    stream = batches(data.train, data.steps_per_epoch, start_step=0)
     model.train()
     marks = []
     for step in range(1, t.max_steps + 1):
-        x, y = next(batches)
-        x, y = _to(x, device, t.channels_last), y.to(device, non_blocking=True)
+        x, y = next(stream)
+        x, y = to_device(x, device, t.channels_last), y.to(device, non_blocking=True)
         with amp:
             loss = loss_fn(model(x), y)
         opt.zero_grad(set_to_none=True)

@@ -11,7 +11,7 @@ N-th call, SIGKILLs its own process at that exact point:
 - ``finish``: ``StudyTracker.finish``, 1st call — every trial done, scheme and study runs still RUNNING;
 - ``tune-state``: Ray Tune's ``TuneController.save_to_dir`` (the experiment checkpoint ``--resume``
   restores from), 4th call — half of ``experiment_state-*.json`` written, then the kill;
-- ``trial-checkpoint``: a trial's own checkpoint (``trainers.loop._save_checkpoint`` in the Tune trial
+- ``trial-checkpoint``: a trial's own checkpoint (``trainers.loop.save_checkpoint`` in the Tune trial
   process, hooked through a ``sitecustomize`` on the job's PYTHONPATH): the first checkpoint of the study
   is cut to half its bytes, then the trial SIGKILLs the driver (the trial dies with it).
 The kill of the driver mid-trials (between trial results) is tests/study/test_runner.py's.
@@ -95,9 +95,9 @@ try:
 except Exception:  # not a normstudy process
     _loop = None
 if _loop is not None:
-    _save = _loop._save_checkpoint
+    _save = _loop.save_checkpoint
 
-    def _save_checkpoint(*args, **kwargs):
+    def save_checkpoint(*args, **kwargs):
         d = _save(*args, **kwargs)
         if d is None or MARK.exists():
             return d
@@ -109,7 +109,7 @@ if _loop is not None:
         time.sleep(600)  # the driver's death takes this trial down with it
         return d
 
-    _loop._save_checkpoint = _save_checkpoint
+    _loop.save_checkpoint = save_checkpoint
 '''
 
 CASES = [("study-params", 1), ("scheme-run", 2), ("finish", 1), ("tune-state", 4), ("trial-checkpoint", 0)]

@@ -250,18 +250,18 @@ def _event(kind, **data):
 
 
 def _patch(loop):
-    create, load = loop.create_logger, loop._load_checkpoint
+    create, load = loop.create_logger, loop.load_checkpoint
 
     def create_logger(rank, tracking_uri=None, run_id=None):
         _event("start", rank=rank, run_id=run_id)
         return create(rank, tracking_uri, run_id)
 
-    def _load_checkpoint(*args, **kwargs):
+    def load_checkpoint(*args, **kwargs):
         step = load(*args, **kwargs)
         _event("resume", step=step)
         return step
 
-    loop.create_logger, loop._load_checkpoint = create_logger, _load_checkpoint
+    loop.create_logger, loop.load_checkpoint = create_logger, load_checkpoint
 
 
 class _PatchLoop(importlib.abc.MetaPathFinder):

@@ -69,7 +69,7 @@ def fit(folder: Path, kill_at: int | None):
     spec = spec_mod.load(None, SPEC)
     result = TorchTrainer(
         killable_worker,
-        train_loop_config={"spec": spec.to_dict(), "scheme": "bn", "session": "train", "tracking_uri": uri,
+        train_loop_config={"trial": spec.trainer_config("bn"), "session": "train", "tracking_uri": uri,
                            "run_id": run_id, "kill_at": kill_at, "folder": str(folder)},
         scaling_config=ray.train.ScalingConfig(num_workers=2, use_gpu=False, resources_per_worker={"CPU": 1}),
         run_config=ray.train.RunConfig(storage_path=str(folder / "ray"), name="trial",
@@ -147,7 +147,7 @@ class KillAfterCheckpoint(LocalSession):
 
 
 spec = load(None, sys.argv[4:])
-train_loop_per_worker({"spec": spec.to_dict(), "scheme": "bn", "session": "local", "tracking_uri": uri,
+train_loop_per_worker({"trial": spec.trainer_config("bn"), "session": "local", "tracking_uri": uri,
                        "run_id": run_id}, session=KillAfterCheckpoint())
 '''
 LOCAL = ["training.max_steps=20", "training.report_every=2", "training.eval_every=10", "training.torch_threads=1",
@@ -182,7 +182,7 @@ def test_trial_killed_right_after_a_checkpoint_has_its_curve_up_to_it_and_resume
     from trainers.session import LocalSession
 
     session = LocalSession(resume_from=(tmp_path / "checkpoint").read_text())
-    train_loop_per_worker({"spec": spec_mod.load(None, LOCAL).to_dict(), "scheme": "bn", "session": "local",
+    train_loop_per_worker({"trial": spec_mod.load(None, LOCAL).trainer_config("bn"), "session": "local",
                            "tracking_uri": uri, "run_id": run_id}, session=session)
     steps = sorted(m.step for m in client.get_metric_history(run_id, "loss"))
     assert steps == list(range(1, 21)), steps

@@ -6,8 +6,8 @@ import pytest
 
 import search_spaces
 from study.spec import StudySpec
-from trainers.config import SpecError
 from trainers import norms
+from trainers.config import SpecError
 
 FAMILIES = sorted(p.stem for p in search_spaces.HERE.glob("*.yaml"))
 

@@ -2,7 +2,7 @@
 
 What runs here is the same code the GPU path runs, with the device swapped for the CPU where that is
 possible (autocast, channels_last, DALI's CPU backend) and with a spy where it is not worth the time
-(torch.compile's wiring). The last section runs only where CUDA is available (the device machine).
+(torch.compile's wiring). The last section runs only where CUDA is available.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ TINY = ["training.max_steps=4", "training.report_every=1", "training.eval_every=
         "data.test_size=64", "data.train_eval_size=64", "training.batch_size=32", "training.lr=0.03"]
 CPU = torch.device("cpu")
 needs_dali = pytest.mark.skipif(not dali_available(), reason="nvidia.dali is not installed")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the device machine)")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +45,7 @@ def tiny(*overrides: str) -> StudySpec:
 
 def train(spec: StudySpec, scheme: str = "bn", device: torch.device = CPU) -> tuple[dict[str, Any], LocalSession]:
     session = LocalSession(device=device)
-    summary = loop.train_loop_per_worker({"spec": spec.to_dict(), "scheme": scheme, "session": "local"},
+    summary = loop.train_loop_per_worker({"trial": spec.trainer_config(scheme), "session": "local"},
                                          session=session)
     return summary, session
 
@@ -295,7 +295,7 @@ def test_normstudy_run_use_gpu_without_gpus_through_the_entry_point(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# on a CUDA GPU (the device machine): the same options for real
+# on a CUDA GPU: the same options for real
 
 
 @needs_cuda

@@ -52,7 +52,7 @@ def tiny(*overrides: str) -> StudySpec:
 def train(spec: StudySpec, scheme: str, session: LocalSession | None = None,
           **config: Any) -> tuple[dict[str, Any], LocalSession]:
     session = session if session is not None else LocalSession()
-    summary = train_loop_per_worker({"spec": spec.to_dict(), "scheme": scheme, "session": "local", **config},
+    summary = train_loop_per_worker({"trial": spec.trainer_config(scheme), "session": "local", **config},
                                     session=session)
     return summary, session
 
@@ -181,6 +181,27 @@ def test_resuming_a_diverged_run_starts_afresh_and_diverges_the_same_way():
     again, _ = train(spec, "wn", LocalSession(resume_from=session.checkpoints[-1]))
     timing = "step_time_mean_s"
     assert {k: v for k, v in again.items() if k != timing} == {k: v for k, v in summary.items() if k != timing}
+
+
+def test_the_public_pieces_driven_by_hand_are_the_loop():
+    """``setup``, ``train_step``, ``report_interval`` and ``finish`` (what benchmarks build on) in the loop's
+    order give train_loop_per_worker's reports and summary, a divergence included."""
+    for spec, scheme in ((tiny("training.report_every=5"), "bn"),
+                         (tiny("training.lr=1000", "training.max_steps=40", "training.report_every=5"), "wn")):
+        summary, session = train(spec, scheme)
+        by_hand = LocalSession()
+        run = loop.setup({"trial": spec.trainer_config(scheme), "session": "local"}, by_hand)
+        assert run.module is run.model  # one worker, not compiled: the trained model is the inspected module
+        stopped = False
+        while run.step < run.total_steps and not stopped:
+            loop.train_step(run, *run.next_batch())
+            stopped = run.report_due() and loop.report_interval(run)
+        again = loop.finish(run)
+        timing = ("step_time_s", "step_time_mean_s")
+        assert [{k: v for k, v in r.items() if k not in timing} for r in by_hand.reports] == \
+               [{k: v for k, v in r.items() if k not in timing} for r in session.reports]
+        assert {k: v for k, v in again.items() if k not in timing} == {k: v for k, v in summary.items()
+                                                                        if k not in timing}
 
 
 def test_max_steps_zero_sets_up_and_stops():
@@ -443,7 +464,7 @@ def test_ddp_two_workers_learn_and_stay_in_sync(scheme, ray_cluster, mlflow_run,
     spec = tiny("training.max_steps=30", "training.report_every=5", f"training.lr={SANE_LR[scheme]}")
     result = TorchTrainer(
         ddp_worker,
-        train_loop_config={"spec": spec.to_dict(), "scheme": scheme, "session": "train", "tracking_uri": uri,
+        train_loop_config={"trial": spec.trainer_config(scheme), "session": "train", "tracking_uri": uri,
                            "run_id": run_id},
         scaling_config=ray.train.ScalingConfig(num_workers=2, use_gpu=False, resources_per_worker={"CPU": 1}),
         run_config=ray.train.RunConfig(storage_path=str(tmp_path / "ray"), name=f"ddp-{scheme}",
@@ -500,7 +521,7 @@ def test_cli_train_two_workers(ray_cluster, tmp_path):
     assert run.data.tags["normstudy.role"] == "train" and run.data.tags["normstudy.scheme"] == "wn"
     assert run.data.params["training.lr"] == "3.2" and run.data.params["scaling.num_workers"] == "2"
     assert run.data.metrics["diverged"] == float(diverged)
-    assert run.data.tags["diverged"] == str(float(diverged))  # from the TorchTrainer result's metrics
+    assert run.data.tags["diverged"] == str(int(diverged))  # study.trial.end_tags: 0/1 (docs/mlflow_layout.md)
     if diverged:
         assert run.data.tags["divergence_cause"] in CAUSES
     assert len(client.get_metric_history(run_id, "loss")) >= 1

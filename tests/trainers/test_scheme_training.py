@@ -29,7 +29,7 @@ def _one_thread(one_thread_and_private_tmp):
 def test_wn_family_trains_at_lr_0_1_for_150_steps(scheme, seed):
     spec = load(None, ["training.lr=0.1", "training.max_steps=150", "training.warmup_steps=30",
                        "data.train_size=2048", f"training.seed={seed}"])
-    summary = train_loop_per_worker({"spec": spec.to_dict(), "scheme": scheme, "session": "local"},
+    summary = train_loop_per_worker({"trial": spec.trainer_config(scheme), "session": "local"},
                                     session=LocalSession())
     assert summary["diverged"] == 0, summary
     assert summary["final_train_top1"] >= 0.5, summary  # chance is 0.1

@@ -117,7 +117,7 @@ def uninterrupted():
     spec = load(None, FAIL)
     session = LocalSession()
     try:
-        summary = train_loop_per_worker({"spec": spec.to_dict(), "scheme": "wn", "session": "local"}, session)
+        summary = train_loop_per_worker({"trial": spec.trainer_config("wn"), "session": "local"}, session)
     finally:
         torch.set_num_threads(threads)
     state = torch.load(Path(session.checkpoints[-1]) / CHECKPOINT_FILE, weights_only=False)
@@ -146,7 +146,7 @@ def test_ray_train_worker_failure_resumes_from_the_checkpoint(ray_cluster, tmp_p
     log = tmp_path / "train.log"
     result = TorchTrainer(
         train_worker,
-        train_loop_config={"spec": spec.to_dict(), "scheme": "wn", "session": "train", "log": str(log)},
+        train_loop_config={"trial": spec.trainer_config("wn"), "session": "train", "log": str(log)},
         scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=False, resources_per_worker={"CPU": 1}),
         run_config=ray.train.RunConfig(storage_path=str(tmp_path / "ray"), name="fail-once",
                                        failure_config=ray.train.FailureConfig(max_failures=1)),
@@ -163,7 +163,7 @@ def test_tune_trial_failure_resumes_from_the_checkpoint(ray_cluster, tmp_path, u
     spec = uninterrupted[0]
     log = tmp_path / "tune.log"
     trainable = tune.with_parameters(tune_trainable, log=str(log),
-                                     loop_config={"spec": spec.to_dict(), "scheme": "wn", "session": "tune"})
+                                     loop_config={"trial": spec.trainer_config("wn"), "session": "tune"})
     results = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
         run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), name="fail-once", verbose=0,

@@ -1,0 +1,81 @@
+"""A trial's checkpoint: what resuming needs to continue exactly where the trial stopped.
+
+One file, :data:`CHECKPOINT_FILE`, in a fresh temporary directory that the loop reports to its session
+and then removes (the session copies or uploads it): the step, the unwrapped module's weights, the
+optimizer, the DivergenceMonitor's rule state and the three RNG states (torch CPU, NumPy, Python), so a
+resumed run draws the same dropout masks and ends with the uninterrupted run's weights. Only rank 0
+writes one (every rank holds the same weights under DDP).
+
+The checkpoint that goes out with a trial's summary also holds :data:`SUMMARY_FILE` (the summary as
+JSON); a diverged run's holds only that file — no diverged weights, so resuming from it starts afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainers.divergence import DivergenceMonitor
+
+CHECKPOINT_FILE = "state.pt"
+SUMMARY_FILE = "summary.json"  # in the checkpoint reported with the summary
+PREFIX = "normstudy-ckpt-"
+
+
+def save_checkpoint(step: int, module: nn.Module, optimizer: torch.optim.Optimizer, monitor: DivergenceMonitor,
+                    rank: int) -> str | None:
+    """Rank 0: a new directory holding the state after ``step``; other ranks: None. Take it right after
+    the monitor's ``flush`` (its state holds flushed steps only)."""
+    if rank != 0:
+        return None
+    d = tempfile.mkdtemp(prefix=PREFIX)
+    torch.save({"step": step, "model": module.state_dict(), "optimizer": optimizer.state_dict(),
+                "monitor": monitor.state_dict(), "torch_rng": torch.get_rng_state(),
+                "numpy_rng": np.random.get_state(), "python_rng": random.getstate()},
+               os.path.join(d, CHECKPOINT_FILE))
+    return d
+
+
+def load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
+                    monitor: DivergenceMonitor) -> int:
+    """Restore what :func:`save_checkpoint` wrote into these objects and the RNGs; returns the step."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    module.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    monitor.load_state_dict(state["monitor"])
+    torch.set_rng_state(state["torch_rng"])
+    np.random.set_state(state["numpy_rng"])
+    random.setstate(state["python_rng"])
+    return int(state["step"])
+
+
+def resume_file(checkpoint_dir: str | None) -> Path | None:
+    """The state file inside a session's checkpoint directory, or None for a fresh start (no directory,
+    or a diverged run's checkpoint holding only its summary)."""
+    if not checkpoint_dir:
+        return None
+    path = Path(checkpoint_dir) / CHECKPOINT_FILE
+    return path if path.is_file() else None
+
+
+def summary_only_checkpoint() -> str:
+    """An empty checkpoint directory, for a summary that must not carry weights (a diverged run)."""
+    return tempfile.mkdtemp(prefix=PREFIX)
+
+
+def write_summary(checkpoint_dir: str, summary: dict[str, Any]) -> None:
+    Path(checkpoint_dir, SUMMARY_FILE).write_text(json.dumps(summary))
+
+
+def remove_checkpoint(checkpoint_dir: str) -> None:
+    """Delete a checkpoint directory once its session has it."""
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
