@@ -1,10 +1,12 @@
 """The stability boundary of a scheme: per init scale, the bracket around its largest stable learning rate.
 
-``stable_lr`` is the largest rate below ``diverged_lr`` at which every trial trained to the end without
-diverging; ``diverged_lr`` is the smallest rate at which a trial diverged (a stable rate above it — a
-non-monotone scheme — does not move the boundary). It is the bracket ``search.mode: boundary`` bisects
-(computed with the same rule, :func:`study.boundary.bracket_of`), and a grid's bracket to its spacing.
-A rate where a trial has not finished (killed, failed, running) and none diverged is not counted as stable.
+Outcomes, point statuses and the bracket are the one rule's (:mod:`trainers.outcome`: ``point_status``,
+``bracket_of``), the rule ``search.mode: boundary`` bisects with and the stability map counts by.
+``diverged_lr`` is the smallest rate at which a trial *failed* — diverged or collapsed (the key keeps its
+report.json name) — and ``stable_lr`` the largest rate below it at which every trial was stable (a stable
+rate above ``diverged_lr`` — a non-monotone scheme — does not move the boundary); a grid's bracket is
+exact to its spacing. A rate where a trial has not finished (killed, running) or errored and none failed
+is not counted as stable.
 
 ``scheme_boundary`` reads a scheme's trials, ``groups_boundary`` a summary's configuration groups (for
 :mod:`analysis.document` and :mod:`analysis.plots`, which hold a ``SchemeSummary``); ``draw_boundary``
@@ -22,7 +24,7 @@ from matplotlib.patches import Patch
 
 from analysis.collect import TrialData
 from analysis.summarize import ConfigGroup, levels
-from study.boundary import bracket_of, point_status
+from trainers.outcome import COLLAPSED, DIVERGED, STABLE, bracket_of, point_status
 
 STABLE_COLOR = "#1a9850"
 DIVERGED_COLOR = "#b2182b"
@@ -30,7 +32,7 @@ BAND_COLOR = "#f7f7f7"
 
 
 def _boundary(points: Iterable[tuple[float | None, float, Iterable[str | None]]]) -> list[dict[str, Any]]:
-    """``points``: (init scale, lr, each trial's outcome: "stable", "diverged" or None = not finished)."""
+    """``points``: (init scale, lr, each trial's outcome, :func:`trainers.outcome.outcome_of`'s)."""
     pts = list(points)
     row_of = levels(s for s, _, _ in pts)  # the stability map's rows (binned like it when there are many)
     rows: dict[float | None, dict[float, list[str | None]]] = defaultdict(lambda: defaultdict(list))
@@ -47,12 +49,8 @@ def _boundary(points: Iterable[tuple[float | None, float, Iterable[str | None]]]
 
 def scheme_boundary(trials: Sequence[TrialData]) -> list[dict[str, Any]]:
     """``[{init_scale, stable_lr, diverged_lr, trials}]`` per init scale (``None``: the scheme has none),
-    ascending; ``trials`` counts every trial run at that init scale, whatever its status."""
-
-    def outcome(t: TrialData) -> str | None:
-        return "diverged" if t.diverged else "stable" if t.finished else None
-
-    return _boundary((t.init_scale, t.lr, [outcome(t)]) for t in trials if t.lr is not None)
+    ascending; ``trials`` counts every trial run at that init scale, whatever its outcome."""
+    return _boundary((t.init_scale, t.lr, [t.outcome]) for t in trials if t.lr is not None)
 
 
 def groups_boundary(groups: Sequence[ConfigGroup]) -> list[dict[str, Any]]:
@@ -64,7 +62,7 @@ def groups_boundary(groups: Sequence[ConfigGroup]) -> list[dict[str, Any]]:
 
     return _boundary(
         (num(g.config.get("init_scale")), float(g.config["lr"]),
-         ["diverged"] * g.n_diverged + ["stable"] * (g.n - g.n_diverged))
+         [DIVERGED] * g.n_diverged + [COLLAPSED] * g.n_collapsed + [STABLE] * (g.n - g.n_failed))
         for g in groups
         if num(g.config.get("lr")) is not None
     )
@@ -72,10 +70,10 @@ def groups_boundary(groups: Sequence[ConfigGroup]) -> list[dict[str, Any]]:
 
 def draw_boundary(ax, boundary: Sequence[dict[str, Any]], rows: Sequence[float | None]) -> list:
     """Draw each bracket in its row of a stability map: a band from ``stable_lr`` (solid green edge) to
-    ``diverged_lr`` (dashed red edge); a bracket open on one side gets an arrow that way. ``rows`` are the
-    map's init scales, bottom to top (row ``r`` spans y in [r, r+1]); brackets of other init scales are
-    skipped. Widens the x limits if a bracket edge lies outside them. Returns legend handles (none when
-    nothing was drawn)."""
+    ``diverged_lr``, the first failed rate (dashed red edge); a bracket open on one side gets an arrow that
+    way. ``rows`` are the map's init scales, bottom to top (row ``r`` spans y in [r, r+1]); brackets of
+    other init scales are skipped. Widens the x limits if a bracket edge lies outside them. Returns legend
+    handles (none when nothing was drawn)."""
     drawn = False
     lo, hi = ax.get_xlim()
     for b in boundary:

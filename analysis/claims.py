@@ -119,10 +119,11 @@ def claim_generalization(summaries: Mapping[str, SchemeSummary]) -> Claim:
 
 
 def _rate_in(rows: list[dict], lo: float, hi: float) -> tuple[int, int]:
-    """(tried, failed) trials with lr in [lo, hi]; failed = diverged or collapsed."""
+    """(tried, failed) trials with lr in [lo, hi]: ``divergence_by_lr``'s counts, whose failures are the one
+    rule's (:data:`trainers.outcome.FAILURES`: diverged or collapsed)."""
     tol = 1e-9
     sel = [r for r in rows if lo * (1 - tol) <= r["lr"] <= hi * (1 + tol)]
-    return sum(r["n"] for r in sel), sum(r.get("n_failed", r["n_diverged"]) for r in sel)
+    return sum(r["n"] for r in sel), sum(r["n_failed"] for r in sel)
 
 
 def _largest_stable(s: SchemeSummary) -> float | None:

@@ -3,7 +3,8 @@
 The layout read here is the contract in docs/mlflow_layout.md: a study run (``normstudy.role=study``),
 its scheme runs (children, ``mlflow.parentRunId`` = study run) and their trial runs (grandchildren).
 Everything downstream (summarize, claims, early_warning, plots) works on the dataclasses below, so it is
-testable without a store.
+testable without a store. A trial's outcome is the one rule's (:func:`trainers.outcome.outcome_of`), here
+as everywhere else in normstudy.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from trainers.outcome import COLLAPSED, DIVERGED, is_failure, is_finished, outcome_of
 
 DEFAULT_EXPERIMENT = "normstudy"
 # Per-step curves read for every trial: the loss and the early-warning signals (analysis/early_warning.py).
@@ -74,23 +77,23 @@ class TrialData:
         return v if v is not None and math.isfinite(v) else None
 
     @property
+    def outcome(self) -> str:
+        """The one rule's outcome (:func:`trainers.outcome.outcome_of`): ``errored`` when the run FAILED
+        (raised), else ``diverged``, ``collapsed``, ``stable`` (it has a final test accuracy) or
+        ``unfinished``."""
+        result = {"diverged": self.diverged, "collapsed": self.collapsed,
+                  "final_test_top1": self.final("final_test_top1")}
+        return outcome_of(result, errored=self.status == "FAILED")
+
+    @property
     def finished(self) -> bool:
-        """Diverged, or trained to the end (it has a final test accuracy; a collapsed trial has one)."""
-        return self.diverged or self.final("final_test_top1") is not None
+        """Stable or failed: the trial enters the rates (errored and unfinished trials do not)."""
+        return is_finished(self.outcome)
 
     @property
     def failed(self) -> bool:
-        """Diverged or collapsed: not a stable trial, whatever its final accuracy."""
-        return self.diverged or self.collapsed
-
-    @property
-    def outcome(self) -> str:
-        """``diverged``, ``collapsed``, ``stable`` (finished otherwise) or ``unfinished``."""
-        if self.diverged:
-            return "diverged"
-        if self.collapsed:
-            return "collapsed"
-        return "stable" if self.finished else "unfinished"
+        """Diverged or collapsed (:func:`trainers.outcome.is_failure`), whatever its final accuracy."""
+        return is_failure(self.outcome)
 
     @property
     def stages(self) -> list[str]:
@@ -228,17 +231,18 @@ def _int_or_none(s: Any) -> int | None:
 
 
 def trial_from_run(run, scheme: str) -> TrialData:
+    """A trial run as a :class:`TrialData`. Its outcome is :func:`trainers.outcome.outcome_of` over the run's
+    metrics (the loop's summary: ``diverged``, ``collapsed``, ``final_test_top1``; non-finite values left
+    out) and tags (study/trial.py's end tags, which win) merged, ``errored`` when the run FAILED; the
+    ``diverged`` and ``collapsed`` fields say the same. Causes and layers are strings: tags only."""
     tags, params, metrics = run.data.tags, run.data.params, dict(run.data.metrics)
     hp = {k[3:]: _number(v) for k, v in params.items() if k.startswith("hp.") and k != "hp.seed"}
-    diverged = tags.get("diverged") == "1" or metrics.get("diverged") == 1
+    result = {k: v for k, v in metrics.items() if math.isfinite(v)} | dict(tags)
+    outcome = outcome_of(result, errored=run.info.status == "FAILED")
+    diverged, collapsed = outcome == DIVERGED, outcome == COLLAPSED
     step = _int_or_none(tags.get("divergence_step"))
     if step is None and diverged:
         step = _int_or_none(metrics.get("divergence_step"))
-    # collapsed: the loop's summary metric collapsed=1 (or tags collapsed/outcome where the trial sets them);
-    # its cause and layer are strings, so they come from tags only
-    collapsed = not diverged and (
-        tags.get("collapsed") == "1" or tags.get("outcome") == "collapsed" or metrics.get("collapsed") == 1
-    )
     c_step = _int_or_none(tags.get("collapse_step"))
     if c_step is None and collapsed:
         c_step = _int_or_none(metrics.get("collapse_step"))

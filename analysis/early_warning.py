@@ -12,8 +12,9 @@ passes). All thresholds live in :class:`Thresholds` (documented in docs/report.m
   ``sharpness_lr`` (gradient descent's edge of stability is sharpness = 2/lr).
 
 For a diverged trial the *lead time* is divergence step − first warning step, counted only when the
-warning came strictly before the divergence step. For a stable trial any warning is a *false alarm*;
-collapsed trials (finite at chance) are failures, so they count neither way.
+warning came strictly before the divergence step. For a stable trial any warning is a *false alarm*.
+Outcomes are the one rule's (``TrialData.outcome``, :mod:`trainers.outcome`): collapsed trials (finite at
+chance) are failures, so they count neither way, and errored or unfinished trials enter no rate.
 The ``any`` signal is the earliest warning of all signals measured on the trial.
 
 Uncertainty (95%): detection and false-alarm rates carry Wilson score intervals over the trials they
@@ -35,6 +36,7 @@ from scipy import stats as sps
 
 from analysis.collect import Curve, TrialData
 from analysis.intervals import LEVEL, wilson
+from trainers.outcome import DIVERGED, STABLE
 
 
 @dataclass(frozen=True)
@@ -174,13 +176,12 @@ def evaluate(trials: Iterable[TrialData], th: Thresholds = THRESHOLDS) -> EarlyW
     per_scheme: dict[str, dict[str, SignalStats]] = defaultdict(lambda: {s: SignalStats() for s in signals})
     records = []
     for t in trials:
-        if not t.finished:
+        diverged = t.outcome == DIVERGED
+        if not diverged and t.outcome != STABLE:
+            continue  # collapsed (a failure): neither a detection nor a false alarm; errored, unfinished: no rate
+        div = divergence_step(t) if diverged else None
+        if diverged and div is None:
             continue
-        div = divergence_step(t) if t.diverged else None
-        if t.diverged and div is None:
-            continue
-        if not t.diverged and getattr(t, "collapsed", False):
-            continue  # a failure: neither a detection nor a false alarm
         rec = {"trial_id": t.trial_id, "scheme": t.scheme, "divergence_step": div, "signals": {}}
         for s in signals:
             measured, step = first_warning(t, s, th)
@@ -188,7 +189,7 @@ def evaluate(trials: Iterable[TrialData], th: Thresholds = THRESHOLDS) -> EarlyW
                 rec["signals"][s] = {"measured": False, "first_warning_step": None, "lead_steps": None}
                 continue
             for st in (per_signal[s], per_scheme[t.scheme][s]):
-                if t.diverged:
+                if diverged:
                     st.n_diverged += 1
                     if step is not None and step < div:
                         st.n_warned += 1
@@ -196,9 +197,9 @@ def evaluate(trials: Iterable[TrialData], th: Thresholds = THRESHOLDS) -> EarlyW
                 else:
                     st.n_stable += 1
                     st.n_false_alarms += step is not None
-            lead = div - step if t.diverged and step is not None and step < div else None
+            lead = div - step if diverged and step is not None and step < div else None
             rec["signals"][s] = {"measured": True, "first_warning_step": step, "lead_steps": lead}
-        if t.diverged:
+        if diverged:
             records.append(rec)
     for st in (*per_signal.values(), *(x for d in per_scheme.values() for x in d.values())):
         st.finish()

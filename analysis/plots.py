@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
 from analysis.boundary import draw_boundary, groups_boundary
-from analysis.summarize import SchemeSummary
+from analysis.summarize import Cell, SchemeSummary, StabilityMap
 
 SCHEME_COLORS = {
     "bn": "#1f77b4",
@@ -75,127 +75,103 @@ def accuracy_range(summaries: Mapping[str, SchemeSummary]) -> tuple[float, float
     return (lo - 1, hi + 1) if hi - lo < 1 else (lo, hi)
 
 
-def plot_stability_map(s: SchemeSummary, path: Path, vrange: tuple[float, float]) -> Path | None:
-    smap = s.stability
-    if not smap.cells:
-        return None
-    lrs, rows = smap.lrs, smap.init_scales
-    grid = np.full((len(rows), len(lrs)), np.nan)
+def _map_grid(smap: StabilityMap) -> np.ndarray:
+    """Mean test top-1 (%) of each cell's stable trials, rows = init scales; NaN where none was stable."""
+    grid = np.full((len(smap.init_scales), len(smap.lrs)), np.nan)
     for c in smap.cells:
         if c.test_top1 is not None:
-            grid[rows.index(c.init_scale), lrs.index(c.lr)] = c.test_top1 * 100
-    fig, axes = new_figure(max(6.5, 1.15 * len(lrs) + 2.5), 1.0 * len(rows) + 2.6)
-    ax = axes[0, 0]
-    cmap = colormaps["viridis"].with_extremes(bad="#d0d0d0")
-    norm = Normalize(*vrange)
-    xe = _log_edges(lrs)
-    mesh = ax.pcolormesh(
-        xe,
-        np.arange(len(rows) + 1),
-        np.ma.masked_invalid(grid),
-        cmap=cmap,
-        norm=norm,
-        edgecolors="white",
-        linewidth=1.5,
-    )
-    ax.set_xscale("log")
+            grid[smap.init_scales.index(c.init_scale), smap.lrs.index(c.lr)] = c.test_top1 * 100
+    return grid
+
+
+def _failure_marks(ax, c: Cell, cx: float, cy: float, shift: float, ink: str) -> None:
+    """A cell's failure markers, × diverged and ○ collapsed (side by side, log-axis offsets, when it has
+    both), and their counts (k/n) under them."""
+    marks = [(m, n) for m, n in (("x", c.n_diverged), ("o", c.n_collapsed)) if n]
+    for k, (marker, _) in enumerate(marks):
+        mx = cx * shift ** (k - (len(marks) - 1) / 2) if len(marks) > 1 else cx
+        style = (
+            {"marker": "x", "markersize": 16, "mew": 3, "color": DIVERGED_INK}
+            if marker == "x"
+            else {"marker": "o", "markersize": 13, "mew": 2.5, "mfc": "none", "color": COLLAPSED_INK}
+        )
+        ax.plot([mx], [cy if c.test_top1 is None else cy - 0.12], ls="", **style)
+    if marks:
+        counts = [f"{c.n_diverged}/{c.n} diverged"] if c.n_diverged else []
+        counts += [f"{c.n_collapsed}/{c.n} collapsed"] if c.n_collapsed else []
+        text = counts[0] if len(counts) == 1 else f"{c.n_diverged}/{c.n} div., {c.n_collapsed}/{c.n} coll."
+        ax.text(cx, cy - 0.36, text, ha="center", va="center", fontsize=7.5, color=ink)
+
+
+def _label_cells(ax, smap: StabilityMap, xe: np.ndarray, cmap, norm: Normalize) -> None:
+    """Each cell's accuracy (white on dark colours) and failure markers."""
+    lrs, rows = smap.lrs, smap.init_scales
     for c in smap.cells:
         i, r = lrs.index(c.lr), rows.index(c.init_scale)
         cx, cy = math.sqrt(xe[i] * xe[i + 1]), r + 0.5
         dark = c.test_top1 is not None and sum(cmap(norm(c.test_top1 * 100))[:3]) < 1.5
         ink = "white" if dark else "black"
         if c.test_top1 is not None:
-            ax.text(
-                cx,
-                cy + (0.18 if c.n_failed else 0),
-                f"{c.test_top1 * 100:.1f}%",
-                ha="center",
-                va="center",
-                fontsize=9,
-                color=ink,
-                fontweight="bold",
-            )
-        # the failure markers: × diverged, ○ collapsed; side by side (log-axis offsets) when a cell has both
-        marks = [(m, n) for m, n in (("x", c.n_diverged), ("o", c.n_collapsed)) if n]
-        shift = (xe[i + 1] / xe[i]) ** 0.17
-        for k, (marker, _) in enumerate(marks):
-            mx = cx * shift ** (k - (len(marks) - 1) / 2) if len(marks) > 1 else cx
-            style = (
-                {"marker": "x", "markersize": 16, "mew": 3, "color": DIVERGED_INK}
-                if marker == "x"
-                else {"marker": "o", "markersize": 13, "mew": 2.5, "mfc": "none", "color": COLLAPSED_INK}
-            )
-            ax.plot([mx], [cy if c.test_top1 is None else cy - 0.12], ls="", **style)
-        if marks:
-            counts = [f"{c.n_diverged}/{c.n} diverged"] if c.n_diverged else []
-            counts += [f"{c.n_collapsed}/{c.n} collapsed"] if c.n_collapsed else []
-            ax.text(
-                cx,
-                cy - 0.36,
-                counts[0] if len(counts) == 1 else f"{c.n_diverged}/{c.n} div., {c.n_collapsed}/{c.n} coll.",
-                ha="center",
-                va="center",
-                fontsize=7.5,
-                color=ink,
-            )
-    for entry in smap.largest_stable_lr:
+            ax.text(cx, cy + (0.18 if c.n_failed else 0), f"{c.test_top1 * 100:.1f}%", ha="center", va="center",
+                    fontsize=9, color=ink, fontweight="bold")
+        _failure_marks(ax, c, cx, cy, (xe[i + 1] / xe[i]) ** 0.17, ink)
+    for entry in smap.largest_stable_lr:  # the pink outline: the largest stable lr of each row
         if entry["lr"] is not None:
             i, r = lrs.index(entry["lr"]), rows.index(entry["init_scale"])
             ax.add_patch(Rectangle((xe[i], r), xe[i + 1] - xe[i], 1, fill=False, edgecolor="#e7298a", lw=3.5))
+
+
+def _map_title(s: SchemeSummary) -> str:
+    smap = s.stability
+
+    def lr_text(e) -> str:
+        return "none" if e["lr"] is None else f"{e['lr']:g}"
+
+    if smap.init_scales == [None]:
+        stable = f"largest stable lr: {lr_text(smap.largest_stable_lr[0])}"
+    else:
+        stable = "largest stable lr per init scale: " + ", ".join(
+            f"{_scale_label(e['init_scale'])} → {lr_text(e)}" for e in smap.largest_stable_lr
+        )
+    return f"{s.name}: final test top-1 per learning rate × init scale\n{stable}"
+
+
+def _map_legend(fig, boundary_handles: list) -> None:
+    handles = [
+        Line2D([], [], marker="x", color=DIVERGED_INK, mew=3, ls="", markersize=10, label="a seed diverged (k/n)"),
+        Line2D([], [], marker="o", color=COLLAPSED_INK, mfc="none", mew=2.5, ls="", markersize=9,
+               label="a seed collapsed: finite, at chance (k/n)"),
+        Patch(facecolor="none", edgecolor="#e7298a", lw=2.5, label="largest stable lr"),
+        Patch(facecolor="#d0d0d0", label="no stable trial"),
+        *boundary_handles,
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+
+
+def plot_stability_map(s: SchemeSummary, path: Path, vrange: tuple[float, float]) -> Path | None:
+    """Test top-1 per learning rate × init scale: failure markers, each row's largest stable lr and the
+    boundary bracket (:mod:`analysis.boundary`)."""
+    smap = s.stability
+    if not smap.cells:
+        return None
+    lrs, rows = smap.lrs, smap.init_scales
+    fig, axes = new_figure(max(6.5, 1.15 * len(lrs) + 2.5), 1.0 * len(rows) + 2.6)
+    ax = axes[0, 0]
+    cmap = colormaps["viridis"].with_extremes(bad="#d0d0d0")
+    norm = Normalize(*vrange)
+    xe = _log_edges(lrs)
+    mesh = ax.pcolormesh(xe, np.arange(len(rows) + 1), np.ma.masked_invalid(_map_grid(smap)), cmap=cmap, norm=norm,
+                         edgecolors="white", linewidth=1.5)
+    ax.set_xscale("log")
+    _label_cells(ax, smap, xe, cmap, norm)
     boundary_handles = draw_boundary(ax, groups_boundary(s.groups), rows)
     ax.set_xticks(lrs, [f"{x:g}" for x in lrs])
     ax.set_xticks([], minor=True)
     ax.set_yticks(np.arange(len(rows)) + 0.5, [_scale_label(r) for r in rows])
     ax.set_xlabel("learning rate (log scale)" + (", binned" if smap.binned else ""))
     ax.set_ylabel("init scale" if rows != [None] else "init scale (none for this scheme)")
-
-    def lr_text(e) -> str:
-        return "none" if e["lr"] is None else f"{e['lr']:g}"
-
-    if rows == [None]:
-        stable = f"largest stable lr: {lr_text(smap.largest_stable_lr[0])}"
-    else:
-        stable = "largest stable lr per init scale: " + ", ".join(
-            f"{_scale_label(e['init_scale'])} → {lr_text(e)}" for e in smap.largest_stable_lr
-        )
-    ax.set_title(
-        f"{s.name}: final test top-1 per learning rate × init scale\n{stable}",
-        fontsize=10,
-        color=scheme_color(s.name),
-        fontweight="bold",
-    )
-    fig.legend(
-        handles=[
-            Line2D(
-                [],
-                [],
-                marker="x",
-                color=DIVERGED_INK,
-                mew=3,
-                ls="",
-                markersize=10,
-                label="a seed diverged (k/n)",
-            ),
-            Line2D(
-                [],
-                [],
-                marker="o",
-                color=COLLAPSED_INK,
-                mfc="none",
-                mew=2.5,
-                ls="",
-                markersize=9,
-                label="a seed collapsed: finite, at chance (k/n)",
-            ),
-            Patch(facecolor="none", edgecolor="#e7298a", lw=2.5, label="largest stable lr"),
-            Patch(facecolor="#d0d0d0", label="no stable trial"),
-            *boundary_handles,
-        ],
-        loc="outside lower center",
-        ncol=2,
-        fontsize=8,
-        frameon=False,
-    )
+    ax.set_title(_map_title(s), fontsize=10, color=scheme_color(s.name), fontweight="bold")
+    _map_legend(fig, boundary_handles)
     fig.colorbar(mesh, ax=ax, label="final test top-1 (%)", pad=0.02)
     return save_figure(fig, path)
 

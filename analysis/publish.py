@@ -9,16 +9,20 @@ On a cluster the report folder is on the head node and the MLflow UI is all a te
 - the runs' descriptions (MLflow's run notes): each scheme run one line on its trials, the study run one
   line per scheme and where the report is.
 Logging again (``normstudy report`` once more) replaces the files of the same names.
+
+The writes go through a :class:`Publisher` the caller injects (``study.tracking.StudyTracker`` is one):
+``analysis`` never depends on the ``study`` package, which depends on it.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Protocol
 
-from analysis import curve_plots
+from analysis import collect, curve_plots
 from analysis.collect import StudyData
 from analysis.summarize import SchemeSummary
 
@@ -28,6 +32,51 @@ REPORT_FILES = ("report.html", "report.md", "report.json")
 
 class PublishError(Exception):
     """Logging the report to MLflow failed (the report folder itself is complete)."""
+
+
+class Publisher(Protocol):
+    """What publishing the report needs from MLflow (``study.tracking.StudyTracker`` provides it)."""
+
+    def log_artifacts(self, run_id: str, files: list[Path], artifact_path: str) -> None:
+        """Log ``files`` to the run under ``artifact_path``, replacing files of the same names."""
+
+    def set_note(self, run_id: str, text: str) -> None:
+        """Set the run's description (MLflow's run note)."""
+
+    def runs_table_url(self) -> str:
+        """The link to the experiment's runs table, for the study run's description."""
+
+
+PublisherFactory = Callable[[str, str], Publisher]  # (tracking URI, experiment name) -> Publisher
+
+
+class DeferredPublisher:
+    """A :class:`Publisher` that ``factory(tracking_uri, experiment)`` makes on first use, for the experiment
+    of the first run written to (the study run's). Until then nothing is opened in MLflow, so a report that
+    cannot be made creates no store and no experiment (``normstudy report`` knows the experiment only once
+    the study is read: ``--study RUN_ID``)."""
+
+    def __init__(self, factory: PublisherFactory, tracking_uri: str) -> None:
+        self.factory, self.tracking_uri = factory, collect.normalize_uri(tracking_uri)
+        self._publisher: Publisher | None = None
+
+    def _for_run(self, run_id: str) -> Publisher:
+        if self._publisher is None:
+            client = collect.connect(self.tracking_uri)
+            experiment = client.get_experiment(client.get_run(run_id).info.experiment_id).name
+            self._publisher = self.factory(self.tracking_uri, experiment)
+        return self._publisher
+
+    def log_artifacts(self, run_id: str, files: list[Path], artifact_path: str) -> None:
+        self._for_run(run_id).log_artifacts(run_id, files, artifact_path)
+
+    def set_note(self, run_id: str, text: str) -> None:
+        self._for_run(run_id).set_note(run_id, text)
+
+    def runs_table_url(self) -> str:
+        if self._publisher is None:
+            raise PublishError("runs_table_url before any run was written: the experiment is not known yet")
+        return self._publisher.runs_table_url()
 
 
 def file_stem(name: str) -> str:
@@ -80,16 +129,15 @@ def study_note(study: StudyData, summaries: Mapping[str, SchemeSummary], runs_ur
     return "\n".join(lines)
 
 
-def publish_report(study: StudyData, summaries: Mapping[str, SchemeSummary], out_dir: str | Path) -> None:
-    """Log the report in ``out_dir`` to the study's MLflow runs; a :class:`PublishError` (one line) if
-    MLflow refuses."""
-    from study.tracking import StudyTracker, runs_table_url  # here: mlflow is slow to import, `--help` needs none
-
+def publish_report(
+    study: StudyData, summaries: Mapping[str, SchemeSummary], out_dir: str | Path, publisher: Publisher
+) -> None:
+    """Log the report in ``out_dir`` to the study's MLflow runs through ``publisher``; a
+    :class:`PublishError` (one line) if MLflow refuses."""
     out = Path(out_dir)
     try:
-        tracker = StudyTracker(study.tracking_uri, study.experiment)  # also marks the experiment model-training
         maps = json.loads((out / "report.json").read_text(encoding="utf-8")).get("plots", {}).get("stability_maps", {})
-        tracker.log_artifacts(study.run_id, report_files(out), ARTIFACT_DIR)
+        publisher.log_artifacts(study.run_id, report_files(out), ARTIFACT_DIR)
         trials = {(t.scheme, t.trial_id): t for sch in study.schemes for t in sch.trials}
         with tempfile.TemporaryDirectory(prefix="normstudy-publish-") as tmp:
             for sch in study.schemes:
@@ -97,9 +145,9 @@ def publish_report(study: StudyData, summaries: Mapping[str, SchemeSummary], out
                 files = [out / maps[sch.name]] if sch.name in maps else []
                 curves = curve_plots.plot_curves({sch.name: s}, trials, Path(tmp) / f"curves_{file_stem(sch.name)}.png")
                 files += [curves] if curves else []
-                tracker.log_artifacts(sch.run_id, files, ARTIFACT_DIR)
-                tracker.set_note(sch.run_id, scheme_note(s))
-        tracker.set_note(study.run_id, study_note(study, summaries, runs_table_url(tracker.experiment_id)))
+                publisher.log_artifacts(sch.run_id, files, ARTIFACT_DIR)
+                publisher.set_note(sch.run_id, scheme_note(s))
+        publisher.set_note(study.run_id, study_note(study, summaries, publisher.runs_table_url()))
     except Exception as err:  # noqa: BLE001 - MLflow, HTTP and artifact-store errors all land here
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise PublishError(f"logging the report to MLflow run {study.run_id} failed: {first}") from err

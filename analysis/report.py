@@ -1,11 +1,14 @@
 """``normstudy report``: read a study from MLflow and write its stability report.
 
-    write_report(tracking_uri, out_dir, experiment=..., study_run_id=..., study_name=...) -> report.html
+    write_report(tracking_uri, out_dir, experiment=..., study_run_id=..., study_name=..., publisher=None)
+        -> report.html
 
 writes into ``out_dir``: report.json (schema: docs/report.md), report.md, a self-contained report.html
-and the PNG plots, then logs them to the study's MLflow runs (``publish``; docs/mlflow_layout.md). The
+and the PNG plots, then, given a ``publisher`` (:class:`analysis.publish.Publisher`; the CLI passes
+``study.tracking.StudyTracker``), logs them to the study's MLflow runs (docs/mlflow_layout.md). The
 pipeline: collect (MLflow → dataclasses) → summarize / claims / early_warning (pure) → plots,
-curve_plots → document (report.json's dict and the sections) → render (md, html) → publish.
+curve_plots → document, sections, failure_sections (report.json's dict and the sections) → render (md,
+html) → publish.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 from analysis import claims as claims_mod
 from analysis import collect, curve_plots, document, early_warning, plots, render
 from analysis.collect import DEFAULT_EXPERIMENT, ReportError
-from analysis.publish import PublishError, file_stem, publish_report
+from analysis.publish import DeferredPublisher, Publisher, PublisherFactory, PublishError, file_stem, publish_report
 from analysis.summarize import SchemeSummary, summarize_scheme
 
 __all__ = ["ReportError", "add_arguments", "main", "render_report", "summarize_all", "write_report"]
@@ -92,14 +95,15 @@ def write_report(
     experiment: str | None = None,
     study_run_id: str | None = None,
     study_name: str | None = None,
-    publish: bool = True,
+    publisher: Publisher | None = None,
 ) -> Path:
     """Write the report of one study into ``out_dir``; return the path of report.html.
 
     The study: ``study_run_id`` if given, else the most recent study run (named ``study_name`` if given)
     in ``experiment`` (default "normstudy"). Raises :class:`ReportError` with a one-line message.
-    ``publish``: also log the report to the study's MLflow runs (artifacts ``report/``, run descriptions);
-    if MLflow refuses, a one-line note on stderr says so and the report folder stands."""
+    ``publisher``: also log the report to the study's MLflow runs through it (artifacts ``report/``, run
+    descriptions); if MLflow refuses, a one-line note on stderr says so and the report folder stands.
+    ``None``: the folder only, nothing is written to MLflow."""
     uri = collect.normalize_uri(tracking_uri)
     client = collect.connect(uri)
     study = collect.read_study(
@@ -115,9 +119,9 @@ def write_report(
                     t = by_id[(s.name, tid)]
                     collect.read_curves(client, t, [collect.ACT_STD_PREFIX + st for st in t.stages])
     html = render_report(study, summaries, out_dir)
-    if publish:
+    if publisher is not None:
         try:
-            publish_report(study, summaries, out_dir)
+            publish_report(study, summaries, out_dir, publisher)
         except PublishError as e:
             print(f"normstudy: note: {e}; the report is in {Path(out_dir)}", file=sys.stderr)
     return html
@@ -148,8 +152,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, publisher_factory: PublisherFactory | None = None) -> int:
+    """``normstudy report``. ``publisher_factory(tracking_uri, experiment)`` makes the :class:`Publisher`
+    the report is logged through (``study.tracking.StudyTracker``), unless ``--no-publish``; it is called
+    once the study has been read, for the study's experiment. Without one, only the folder is written."""
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    publish = publisher_factory is not None and not getattr(args, "no_publish", False)
     try:
         path = write_report(
             uri,
@@ -157,7 +165,7 @@ def main(args: argparse.Namespace) -> int:
             experiment=getattr(args, "experiment", None),
             study_run_id=getattr(args, "study_run_id", None),
             study_name=getattr(args, "study_name", None),
-            publish=not getattr(args, "no_publish", False),
+            publisher=DeferredPublisher(publisher_factory, uri) if publish else None,
         )
     except ReportError as e:
         print(f"normstudy report: error: {e}", file=sys.stderr)

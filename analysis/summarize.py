@@ -1,8 +1,9 @@
 """Per-scheme numbers of the stability report: pure functions over :mod:`analysis.collect`'s dataclasses.
 
-- a trial *failed* when it diverged or collapsed (finite to the end but at chance: trainers/divergence.py);
-  a *stable* trial is a finished one that did neither. Collapsed trials have final accuracies, but those
-  never enter a mean, a best configuration or a stable cell;
+- a trial's outcome is the one rule's (:mod:`trainers.outcome`, via ``TrialData.outcome``): it *failed*
+  when it diverged or collapsed (finite to the end but at chance), it is *stable* when it trained to the
+  end and did neither; errored and unfinished trials enter no rate. Collapsed trials have final
+  accuracies, but those never enter a mean, a best configuration or a stable cell;
 - a *configuration* is a trial's sampled hyperparameters without the seed; its stable seeds give mean ± std;
 - the *best configuration* is the one with the highest mean final test top-1 among configurations where
   no seed failed (if every configuration lost a seed, among those with at least one stable seed);
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from analysis.collect import SchemeData, TrialData
+from trainers.outcome import COLLAPSED, DIVERGED, STABLE
 
 MAX_LEVELS = 12  # more distinct values than this on an axis (optuna mode): bin it into log-spaced levels
 BINS = 10
@@ -40,6 +42,11 @@ def stat(values: Iterable[float | None]) -> Stat:
     if not xs:
         return Stat(None, None, 0)
     return Stat(statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else None, len(xs))
+
+
+def count(trials: Iterable[TrialData], outcome: str) -> int:
+    """How many of ``trials`` have that outcome."""
+    return sum(t.outcome == outcome for t in trials)
 
 
 def gap_of(t: TrialData) -> float | None:
@@ -86,11 +93,11 @@ def group_configs(trials: Sequence[TrialData]) -> list[ConfigGroup]:
                 seeds=[t.seed for t in ts],
                 trial_ids=[t.trial_id for t in ts],
                 n=len(ts),
-                n_diverged=sum(t.diverged for t in ts),
+                n_diverged=count(ts, DIVERGED),
                 train_top1=stat(t.final("final_train_top1") for t in ok),
                 test_top1=stat(t.final("final_test_top1") for t in ok),
                 gap=stat(gap_of(t) for t in ok),
-                n_collapsed=sum(t.collapsed for t in ts),
+                n_collapsed=count(ts, COLLAPSED),
             )
         )
     return out
@@ -176,9 +183,9 @@ def stability_map(trials: Sequence[TrialData]) -> StabilityMap:
             lr,
             s,
             len(ts),
-            sum(t.diverged for t in ts),
+            count(ts, DIVERGED),
             stat(t.final("final_test_top1") for t in ts if not t.failed).mean,
-            sum(t.collapsed for t in ts),
+            count(ts, COLLAPSED),
         )
         for (lr, s), ts in sorted(by_cell.items(), key=lambda kv: (kv[0][1] or 0.0, kv[0][0]))
     ]
@@ -211,7 +218,7 @@ class SchemeSummary:
     name: str
     run_id: str
     n_trials: int
-    n_finished: int  # trained to the end or diverged; running/killed trials are left out of every rate
+    n_finished: int  # stable or failed; errored, running and killed trials are left out of every rate
     n_diverged: int
     divergence_rate: float | None
     divergence_causes: dict[str, int]
@@ -239,14 +246,14 @@ class SchemeSummary:
 def representatives(trials: Sequence[TrialData], best: ConfigGroup | None) -> tuple[str | None, str | None]:
     """Stable: the best configuration's lowest-seed stable trial (else the most accurate stable trial; never
     a collapsed one). Diverged: the diverged trial at the smallest learning rate, nearest the stable region."""
-    stable = [t for t in trials if t.finished and not t.failed]
+    stable = [t for t in trials if t.outcome == STABLE]
     pick = None
     if best is not None:
         in_best = [t for t in stable if t.trial_id in best.trial_ids]
         pick = min(in_best, key=lambda t: (t.seed is None, t.seed or 0), default=None)
     if pick is None and stable:
         pick = max(stable, key=lambda t: t.final("final_test_top1") or -1.0)
-    diverged = [t for t in trials if t.diverged]
+    diverged = [t for t in trials if t.outcome == DIVERGED]
     div = min(diverged, key=lambda t: (t.lr or math.inf, t.divergence_step or 0), default=None)
     return (pick.trial_id if pick else None), (div.trial_id if div else None)
 
@@ -272,8 +279,8 @@ def _trial_row(t: TrialData, cause: str | None, step: int | None, layer: str | N
 def summarize_scheme(scheme: SchemeData) -> SchemeSummary:
     trials = scheme.trials
     finished = [t for t in trials if t.finished]
-    diverged = [t for t in finished if t.diverged]
-    collapsed = [t for t in finished if t.collapsed]
+    diverged = [t for t in trials if t.outcome == DIVERGED]
+    collapsed = [t for t in trials if t.outcome == COLLAPSED]
     groups = group_configs(trials)
     best = best_config(groups)
     smap = stability_map(trials)

@@ -96,6 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from study import driver_lock, preflight
     from study.results import summary_table
     from study.runner import resolve_paths, run_study
+    from study.tracking import StudyTracker
 
     raw = _load(args)
     preflight.check_paths(raw)  # the spec as given ('~' is refused here), before anything is written
@@ -114,7 +115,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"Ray Tune results: {result.storage_path}")
         if not args.no_report:
             html = write_report(result.tracking_uri, preflight.report_folder(spec), experiment=result.experiment,
-                                study_run_id=result.study_run_id)
+                                study_run_id=result.study_run_id,
+                                publisher=StudyTracker(result.tracking_uri, result.experiment))
             print(f"Report: {html}")
     return 0
 
@@ -169,8 +171,9 @@ def cmd_schemes(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import main as report_main
+    from study.tracking import StudyTracker
 
-    return report_main(args)
+    return report_main(args, publisher_factory=StudyTracker)  # the report is logged through the study's tracker
 
 
 def submit_command(args: argparse.Namespace) -> list[str]:

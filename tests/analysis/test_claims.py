@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from analysis.claims import (
@@ -139,3 +141,16 @@ def test_our_setup_describes_the_scale():
         "training.epochs": "90",
     }
     assert our_setup(params) == "resnet50 on folder /data/imagenet, 224 px, batch 256, 90 epochs"
+
+
+def test_claim2_counts_a_collapse_as_a_failure_and_an_errored_trial_not_at_all():
+    seeds = tuple(range(8))
+    bn = [trial("bn", lr, s, train=0.81, test=0.76) for lr in (0.1, 1.0) for s in seeds]
+    wn = [trial("wn", 0.1, s, train=0.91, test=0.71) for s in seeds]
+    wn += [trial("wn", 1.0, s, train=0.09, test=0.10, collapsed=True) for s in seeds]  # finite, at chance
+    raised = dataclasses.replace(trial("wn", 1.0, 99, train=0.9, test=0.7), status="FAILED")  # errored
+    st = study({"bn": bn, "wn": [*wn, raised]})
+    c = claim_stability({s.name: summarize_scheme(s) for s in st.schemes})
+    assert c.verdict == CONFIRMED  # 8/16 failed vs BN's 0/16
+    assert c.evidence["wn"]["divergence_rate"] == 0.5 and c.evidence["wn"]["largest_stable_lr"] == 0.1
+    assert "8/16 trials failed" in c.reason

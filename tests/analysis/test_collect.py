@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from analysis.collect import read_study
+from analysis.summarize import summarize_scheme
 from tests.analysis.synth import study, trial, write_mlflow
 
 
@@ -47,3 +48,39 @@ def test_outcome_of_an_unfinished_trial():
     t = trial("bn", 0.1, 0, train=0.5, test=0.4)
     t.metrics.pop("final_test_top1")
     assert t.outcome == "unfinished" and not t.failed
+
+
+def test_a_failed_run_is_errored_whatever_its_metrics_say(store):
+    """The one rule (trainers.outcome.outcome_of): a run that raised (status FAILED) is ``errored`` — not
+    finished, not failed — even with a final accuracy or a divergence flag; the fields say the same."""
+    uri, client = store
+    st = study({"wn": [
+        trial("wn", 0.1, 0, train=0.8, test=0.7),
+        trial("wn", 0.3, 0, train=0.8, test=0.7, trial_id="raised_after_eval"),
+        trial("wn", 1.0, 0, diverged=True, step=7, trial_id="raised_after_diverging"),
+    ]})
+    write_mlflow(client, "normstudy", st)
+    exp_id = client.get_experiment_by_name("normstudy").experiment_id
+    for tid in ("raised_after_eval", "raised_after_diverging"):
+        (run,) = client.search_runs([exp_id], f"tags.`normstudy.trial_id` = '{tid}'")
+        client.set_terminated(run.info.run_id, status="FAILED")
+    (wn,) = read_study(uri, client=client).schemes
+    by_id = {t.trial_id: t for t in wn.trials}
+    for tid in ("raised_after_eval", "raised_after_diverging"):
+        t = by_id[tid]
+        assert (t.status, t.outcome, t.finished, t.failed) == ("FAILED", "errored", False, False)
+        assert not t.diverged and not t.collapsed and t.divergence_step is None
+    s = summarize_scheme(wn)
+    assert (s.n_trials, s.n_finished, s.n_diverged, s.n_failed) == (3, 1, 0, 0)
+
+
+def test_the_outcome_is_read_from_tags_and_metrics_merged(store):
+    uri, client = store
+    write_mlflow(client, "normstudy", _study(), collapse_tags=False)
+    exp_id = client.get_experiment_by_name("normstudy").experiment_id
+    runs = client.search_runs([exp_id], "tags.`normstudy.role` = 'trial'")
+    stable = next(r for r in runs if r.data.tags["diverged"] == "0" and "collapsed" not in r.data.metrics)
+    client.set_tag(stable.info.run_id, "collapsed", "1")  # the end tag of study/trial.py, as a string
+    (wn,) = read_study(uri, client=client).schemes
+    assert sorted(t.outcome for t in wn.trials) == ["collapsed", "collapsed", "diverged"]
+    assert sum(t.collapsed for t in wn.trials) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -155,3 +156,18 @@ def test_rates_and_median_lead_carry_95_percent_intervals():
     assert median_interval([4, 5]) == [4.0, 5.0]  # too few for better than [min, max]
     big = median_interval(list(range(1, 101)))
     assert 35 <= big[0] < 50.5 < big[1] <= 65
+
+
+def test_collapsed_and_errored_trials_count_neither_way():
+    # every trial warns at step 60; only the diverged one is a detection, no trial a false alarm
+    def with_spike(**kw):
+        return trial("wn", 1.0, kw.pop("seed"), curves={"grad_norm": curve(flat(59, 0.5) + flat(41, 6.0))}, **kw)
+
+    diverged = with_spike(seed=0, diverged=True, step=100)
+    collapsed = with_spike(seed=1, collapsed=True)  # a failure: neither a detection nor a false alarm
+    errored = [dataclasses.replace(with_spike(seed=2, diverged=True, step=100), status="FAILED"),
+               dataclasses.replace(with_spike(seed=3, train=0.5, test=0.4), status="FAILED")]  # no rate at all
+    ew = evaluate([diverged, collapsed, *errored])
+    g = ew.per_signal["grad_norm"]
+    assert (g.n_diverged, g.n_warned, g.n_stable, g.n_false_alarms) == (1, 1, 0, 0)
+    assert [r["trial_id"] for r in ew.trials] == [diverged.trial_id]

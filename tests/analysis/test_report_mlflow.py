@@ -1,9 +1,11 @@
 """write_report end to end on a real MLflow SQLite store written through the MLflow API, including what it
-logs back to the study's runs (analysis/publish.py)."""
+logs back to the study's runs through an injected publisher (analysis/publish.py; study.tracking.StudyTracker,
+which the tests may import — the analysis package may not)."""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import socket
 from pathlib import Path
@@ -12,8 +14,9 @@ import pytest
 
 from analysis import report
 from analysis.collect import Curve, read_study
-from analysis.publish import scheme_note
+from analysis.publish import DeferredPublisher, Publisher, scheme_note
 from analysis.report import ReportError, summarize_all, write_report
+from study.tracking import StudyTracker
 from tests.analysis.conftest import copy_store
 from tests.analysis.synth import STAGES, study, trial, write_mlflow
 
@@ -140,7 +143,7 @@ def test_report_json_numbers(two_studies, tmp_path):
 
 def test_claims_flip_with_the_data(two_studies, tmp_path):
     uri, _, _ = two_studies
-    write_report(uri, tmp_path, experiment="flipped", publish=False)  # wn_wins stays unpublished (below)
+    write_report(uri, tmp_path, experiment="flipped")  # no publisher: wn_wins stays unpublished (below)
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["study"]["name"] == "wn_wins"
     assert data["schemes"]["bn"]["best"]["test_top1"]["mean"] == pytest.approx(0.66)
@@ -208,20 +211,28 @@ def test_cli_main_passes_its_options_and_reports_errors_in_one_line(store, tmp_p
         seen.update(kw, tracking_uri=tracking_uri, out_dir=out_dir)
         return tmp_path / "r" / "report.html"
 
+    def factory(tracking_uri, experiment):
+        raise AssertionError("made only when the report is logged")
+
     monkeypatch.setattr(report, "write_report", fake_write_report)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///from_env.db")
-    assert report.main(parser.parse_args(["--study", "abc", "--study-name", "S"])) == 0
+    assert report.main(parser.parse_args(["--study", "abc", "--study-name", "S"]), publisher_factory=factory) == 0
+    publisher = seen.pop("publisher")
     assert seen == {
         "tracking_uri": "sqlite:///from_env.db",
         "out_dir": "normstudy_report",
         "experiment": None,
         "study_run_id": "abc",
         "study_name": "S",
-        "publish": True,
     }
+    # publishing by default, through the factory's publisher, made for the study's experiment on first use
+    assert isinstance(publisher, DeferredPublisher) and publisher.factory is factory
+    assert publisher.tracking_uri == "sqlite:///from_env.db"
     assert capsys.readouterr().out.strip() == str(tmp_path / "r" / "report.html")
-    assert report.main(parser.parse_args(["--no-publish"])) == 0
-    assert seen["publish"] is False
+    assert report.main(parser.parse_args(["--no-publish"]), publisher_factory=factory) == 0
+    assert seen["publisher"] is None
+    assert report.main(parser.parse_args([])) == 0  # without a factory: the folder only
+    assert seen["publisher"] is None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -234,7 +245,7 @@ def _artifacts(client, run_id: str, path: str = "report") -> set[str]:
 
 def test_report_is_logged_to_the_study_and_scheme_runs(two_studies, tmp_path):
     uri, client, ids = two_studies
-    write_report(uri, tmp_path / "out", study_run_id=ids["bn_wins"])
+    write_report(uri, tmp_path / "out", study_run_id=ids["bn_wins"], publisher=StudyTracker(uri, "normstudy"))
     data = json.loads((tmp_path / "out" / "report.json").read_text())
     pngs = {p.name for p in (tmp_path / "out").glob("*.png")}
     assert len(pngs) >= 5 and "stability_wn.png" in pngs
@@ -262,7 +273,7 @@ def test_report_is_logged_to_the_study_and_scheme_runs(two_studies, tmp_path):
 def test_no_publish_writes_nothing_to_mlflow(two_studies, tmp_path):
     uri, client, ids = two_studies
     before = client.get_run(ids["wn_wins"]).data.tags
-    write_report(uri, tmp_path / "out", study_run_id=ids["wn_wins"], publish=False)
+    write_report(uri, tmp_path / "out", study_run_id=ids["wn_wins"], publisher=None)
     assert (tmp_path / "out" / "report.html").is_file()
     assert client.list_artifacts(ids["wn_wins"]) == [] and client.get_run(ids["wn_wins"]).data.tags == before
 
@@ -273,8 +284,60 @@ def test_an_artifact_store_that_refuses_leaves_the_report_and_says_so(store, tmp
     blocker.write_text("")  # a file where the artifact folder should be: every upload fails
     client.create_experiment("normstudy", artifact_location=(blocker / "artifacts").as_uri())
     run_id = write_mlflow(client, "normstudy", known_study(True, "blocked"))
-    html = write_report(uri, tmp_path / "out")
+    html = write_report(uri, tmp_path / "out", publisher=StudyTracker(uri, "normstudy"))
     assert html.is_file() and (tmp_path / "out" / "report.json").is_file()
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"logging the report to MLflow run {run_id} failed" in err
     assert str(tmp_path / "out") in err
+
+
+class RecordingPublisher:
+    """A :class:`Publisher` that only records what it is asked to write."""
+
+    def __init__(self, tracking_uri: str, experiment: str) -> None:
+        self.made_for = (tracking_uri, experiment)
+        self.artifacts: dict[str, set[str]] = {}
+        self.notes: dict[str, str] = {}
+
+    def log_artifacts(self, run_id: str, files: list[Path], artifact_path: str) -> None:
+        assert artifact_path == "report" and all(Path(f).is_file() for f in files)
+        self.artifacts.setdefault(run_id, set()).update(Path(f).name for f in files)
+
+    def set_note(self, run_id: str, text: str) -> None:
+        self.notes[run_id] = text
+
+    def runs_table_url(self) -> str:
+        return "#/experiments/42/runs"
+
+
+def test_main_makes_the_publisher_for_the_study_experiment_once_the_study_is_read(two_studies, tmp_path):
+    uri, client, ids = two_studies
+    made: list[RecordingPublisher] = []
+
+    def factory(tracking_uri: str, experiment: str) -> RecordingPublisher:
+        made.append(RecordingPublisher(tracking_uri, experiment))
+        return made[-1]
+
+    parser = argparse.ArgumentParser()
+    report.add_arguments(parser)
+    args = parser.parse_args(["--tracking-uri", uri, "--study", ids["wn_wins"], "--out", str(tmp_path / "r")])
+    assert report.main(args, publisher_factory=factory) == 0
+    (pub,) = made
+    assert pub.made_for == (uri, "flipped")  # --study names a run: its experiment, found from the run
+    st = read_study(uri, study_run_id=ids["wn_wins"])
+    assert pub.artifacts[st.run_id] >= {"report.html", "report.md", "report.json"}
+    assert {sch.run_id for sch in st.schemes} <= set(pub.artifacts)
+    assert "[runs table](#/experiments/42/runs)" in pub.notes[st.run_id]
+    assert client.list_artifacts(ids["wn_wins"]) == []  # it wrote only through the publisher
+
+    # a report that cannot be made never makes a publisher: nothing is created in MLflow
+    missing = parser.parse_args(["--tracking-uri", uri, "--experiment", "nope", "--out", str(tmp_path / "n")])
+    assert report.main(missing, publisher_factory=factory) == 2 and len(made) == 1
+    assert client.get_experiment_by_name("nope") is None
+
+
+def test_study_tracker_is_a_publisher():
+    for name in ("log_artifacts", "set_note", "runs_table_url"):
+        want = inspect.signature(getattr(Publisher, name))
+        have = inspect.signature(getattr(StudyTracker, name))
+        assert str(have) == str(want), name  # the same parameters, annotations and return type

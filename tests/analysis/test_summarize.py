@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -180,3 +181,14 @@ def test_the_representative_stable_trial_is_never_a_collapsed_one():
     assert s.best.config["lr"] == 0.3 and s.representative_stable == "wn_lr0.3_is-_s0"
     only = summarize_scheme(study({"wn": ts[:1]}).schemes[0])
     assert only.best is None and only.representative_stable is None
+
+
+def test_an_errored_trial_enters_no_rate_no_mean_and_no_best_configuration():
+    # it raised (run FAILED) after a final evaluation: its accuracy says nothing, by the one outcome rule
+    errored = dataclasses.replace(trial("wn", 0.3, 0, train=0.99, test=0.99), status="FAILED")
+    ts = [trial("wn", 0.1, 0, train=0.6, test=0.5), errored, trial("wn", 0.3, 1, train=0.6, test=0.4)]
+    s = summarize_scheme(study({"wn": ts}).schemes[0])
+    assert (s.n_trials, s.n_finished, s.n_failed, s.failure_rate) == (3, 2, 0, 0.0)
+    assert s.stability.cell(0.3, None).n == 1 and s.stability.cell(0.3, None).test_top1 == pytest.approx(0.4)
+    assert s.best.config["lr"] == 0.1 and s.best.test_top1.mean == pytest.approx(0.5)
+    assert errored.trial_id not in {*s.best.trial_ids, s.representative_stable}
