@@ -9,7 +9,8 @@ Three sources behind one interface (:class:`DataBundle`):
 
 All three shard and order samples with the same functions (:mod:`trainers.data.base`), so a rank's
 batches of an epoch are a pure function of ``(seed, epoch)`` and resuming mid-epoch is exact.
-The folder loaders are imported lazily: the generated default never pays for DALI's import.
+NVIDIA DALI itself is imported only when a DALI pipeline is built (trainers/data/folder_dali.py):
+the generated default and torchvision never pay for it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ import torch
 
 from trainers.config import DataSpec
 from trainers.data.base import DALI_INSTALL_HINT, Batch, DataBundle, ShardedTrain
+from trainers.data.digits import DEFAULT_PATH, write_digits_folder
+from trainers.data.folder_dali import build_dali
+from trainers.data.folder_torchvision import build_torchvision
+from trainers.data.generated import build_generated
 
 __all__ = ["DALI_INSTALL_HINT", "Batch", "DataBundle", "ShardedTrain", "build_data", "resolve_loader"]
 
@@ -61,25 +66,17 @@ def build_data(data: DataSpec, *, batch_size: int, rank: int = 0, world_size: in
     if batch_size < 1:
         raise ValueError(f"batch_size: must be >= 1 per worker, got {batch_size}")
     if data.kind == "generated":
-        from trainers.data.generated import build_generated
-
         return build_generated(data, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed,
                                device=device)
     if data.kind == "digits":  # written once as an ImageNet-layout folder, then read like any folder
-        from trainers.data.digits import DEFAULT_PATH, write_digits_folder
-
         root = write_digits_folder(data.path or DEFAULT_PATH, image_size=data.digits_image_size)
         data = data.model_copy(update={"kind": "folder", "path": str(root)})
     if data.kind == "folder":
         use_cuda = None if device is None else device.type == "cuda"
         loader = resolve_loader(data.loader, cuda_available=use_cuda)
         if loader == "dali":
-            from trainers.data.folder_dali import build_dali
-
             return build_dali(data, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed,
                               device=device)
-        from trainers.data.folder_torchvision import build_torchvision
-
         return build_torchvision(data, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed,
                                  device=device)
     raise ValueError(f"data.kind: must be 'generated', 'folder' or 'digits', got {data.kind!r}")
