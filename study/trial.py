@@ -60,9 +60,10 @@ def trial_params(context: StudyContext, trial: TrialConfig) -> dict[str, str]:
 def end_tags(summary: Mapping[str, Any]) -> dict[str, str]:
     """The tags a trial's run gets from its summary: the outcome (the one rule), its cause, step and layer,
     and the one-line description."""
-    tags = {"diverged": str(int(outcome_of(summary) == "diverged")), NOTE: trial_note(summary)}
+    outcome = outcome_of(summary)
+    tags = {"diverged": str(int(outcome == "diverged")), NOTE: trial_note(summary)}
     tags.update({k: _tag(summary[k]) for k in SUMMARY_TAGS if summary.get(k) is not None})
-    tags["outcome"] = outcome_of(summary)
+    tags["outcome"] = outcome  # the rule's word, whatever the summary carried
     return tags
 
 
