@@ -150,7 +150,7 @@ class DivergenceSpec(Section):
     collapse_chance_multiple: float = Field(1.5, ge=1)
     collapse_dead_frac: float = Field(0.5, gt=0, le=1)
     collapse_loss_frac: float = Field(0.99, gt=0)
-    # Stalled (finite to the end, but did not fit; trainers/fit.py): final eval train loss above this × the
+    # Stalled (finite to the end, but did not fit; trainers/stall.py): final eval train loss above this × the
     # trial's initial eval train loss (measured at step 0 on the same subset). Threshold: docs/design.md §5.
     stall_loss_frac: float = Field(0.8, gt=0, le=1)
 
