@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from trainers.outcome import COLLAPSED, DIVERGED, is_failure, is_finished, outcome_of
+from trainers.outcome import COLLAPSED, DIVERGED, STALLED, is_failure, is_finished, outcome_of
 
 DEFAULT_EXPERIMENT = "normstudy"
 # Per-step curves read for every trial: the loss and the early-warning signals (analysis/early_warning.py).
@@ -61,6 +61,8 @@ class TrialData:
     collapse_cause: str | None = None  # "dead_relu" | "chance_accuracy"; None when untagged
     collapse_step: int | None = None
     collapse_layer: str | None = None  # the stage ("layer2", ...)
+    # Stalled: finite to the end but did not fit (trainers/stall.py); never also diverged or collapsed.
+    stalled: bool = False
 
     @property
     def lr(self) -> float | None:
@@ -79,9 +81,9 @@ class TrialData:
     @property
     def outcome(self) -> str:
         """The one rule's outcome (:func:`trainers.outcome.outcome_of`): ``errored`` when the run FAILED
-        (raised), else ``diverged``, ``collapsed``, ``stable`` (it has a final test accuracy) or
+        (raised), else ``diverged``, ``collapsed``, ``stalled``, ``stable`` (it has a final test accuracy) or
         ``unfinished``."""
-        result = {"diverged": self.diverged, "collapsed": self.collapsed,
+        result = {"diverged": self.diverged, "collapsed": self.collapsed, "stalled": self.stalled,
                   "final_test_top1": self.final("final_test_top1")}
         return outcome_of(result, errored=self.status == "FAILED")
 
@@ -92,7 +94,7 @@ class TrialData:
 
     @property
     def failed(self) -> bool:
-        """Diverged or collapsed (:func:`trainers.outcome.is_failure`), whatever its final accuracy."""
+        """Diverged, collapsed or stalled (:func:`trainers.outcome.is_failure`), whatever its final accuracy."""
         return is_failure(self.outcome)
 
     @property
@@ -232,9 +234,9 @@ def _int_or_none(s: Any) -> int | None:
 
 def trial_from_run(run, scheme: str) -> TrialData:
     """A trial run as a :class:`TrialData`. Its outcome is :func:`trainers.outcome.outcome_of` over the run's
-    metrics (the loop's summary: ``diverged``, ``collapsed``, ``final_test_top1``; non-finite values left
-    out) and tags (study/trial.py's end tags, which win) merged, ``errored`` when the run FAILED; the
-    ``diverged`` and ``collapsed`` fields say the same. Causes and layers are strings: tags only."""
+    metrics (the loop's summary: ``diverged``, ``collapsed``, ``stalled``, ``final_test_top1``; non-finite
+    values left out) and tags (study/trial.py's end tags, which win) merged, ``errored`` when the run FAILED;
+    the ``diverged``, ``collapsed`` and ``stalled`` fields say the same. Causes and layers are strings: tags only."""
     tags, params, metrics = run.data.tags, run.data.params, dict(run.data.metrics)
     hp = {k[3:]: _number(v) for k, v in params.items() if k.startswith("hp.") and k != "hp.seed"}
     result = {k: v for k, v in metrics.items() if math.isfinite(v)} | dict(tags)
@@ -262,6 +264,7 @@ def trial_from_run(run, scheme: str) -> TrialData:
         collapse_cause=tags.get("collapse_cause") if collapsed else None,
         collapse_step=c_step if collapsed else None,
         collapse_layer=tags.get("collapse_layer") if collapsed else None,
+        stalled=outcome == STALLED,
     )
 
 

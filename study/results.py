@@ -19,7 +19,17 @@ from study.boundary import within
 from study.boundary_search import classify
 from study.trial_configs import TrialConfigs
 from trainers.config import TrialConfig
-from trainers.outcome import COLLAPSED, DIVERGED, ERRORED, STABLE, bracket_of, outcome_of, point_status
+from trainers.outcome import (
+    COLLAPSED,
+    DIVERGED,
+    ERRORED,
+    FAILURE_KINDS,
+    STABLE,
+    STALLED,
+    bracket_of,
+    outcome_of,
+    point_status,
+)
 
 
 @dataclass
@@ -57,7 +67,7 @@ def trial_data(r: TrialResult) -> TrialData:
     return TrialData(run_id="", trial_id=r.trial_id, scheme=r.scheme, status="FAILED" if r.error else "FINISHED",
                      hp=hp, seed=r.trial.seed, diverged=outcome == DIVERGED,
                      divergence_cause=m.get("divergence_cause"), collapsed=outcome == COLLAPSED,
-                     collapse_cause=m.get("collapse_cause"),
+                     collapse_cause=m.get("collapse_cause"), stalled=outcome == STALLED,
                      metrics={k: float(v) for k, v in m.items() if isinstance(v, int | float)})
 
 
@@ -89,7 +99,8 @@ def boundary_rows(configs: TrialConfigs, trials: Sequence[TrialResult]) -> list[
     return rows
 
 
-HEADER = ("scheme      trials  stable  diverged  collapsed  errored  best: mean test top-1 (lr, init, seeds)"
+COUNTED = (STABLE, *FAILURE_KINDS, ERRORED)  # every failure kind in its own column
+HEADER = ("scheme      trials  " + "  ".join(COUNTED) + "  best: mean test top-1 (lr, init, seeds)"
           "      mean train/test of stable")
 
 
@@ -99,12 +110,12 @@ def summary_table(result: StudyResult) -> str:
     summaries = scheme_summaries(result)
     for scheme, s in summaries.items():
         counts = {o: sum(r.outcome == o for r in result.trials if r.scheme == scheme)
-                  for o in (STABLE, DIVERGED, COLLAPSED, ERRORED)}
+                  for o in COUNTED}
         trials = [trial_data(r) for r in result.trials if r.scheme == scheme and r.outcome == STABLE]
         mean_tr = stat(t.final("final_train_top1") for t in trials).mean
         mean_te = stat(t.final("final_test_top1") for t in trials).mean
-        rows.append(f"{scheme:10s}  {s.n_trials:6d}  {counts[STABLE]:6d}  {counts[DIVERGED]:8d}  {counts[COLLAPSED]:9d}"
-                    f"  {counts[ERRORED]:7d}  {_best_text(s):45s}  {_num(mean_tr)} / {_num(mean_te)}")
+        cells = "  ".join(f"{counts[o]:{len(o)}d}" for o in COUNTED)
+        rows.append(f"{scheme:10s}  {s.n_trials:6d}  {cells}  {_best_text(s):45s}  {_num(mean_tr)} / {_num(mean_te)}")
     if result.boundary:
         rows += ["", _boundary_table(result.boundary)]
     return "\n".join(rows)

@@ -34,7 +34,7 @@ from trainers.outcome import outcome_of
 
 # The loop's summary values a trial's run also carries as tags (strings: the runs table filters on them).
 SUMMARY_TAGS = ("divergence_cause", "divergence_step", "divergence_layer", "collapsed", "outcome", "collapse_cause",
-                "collapse_step", "collapse_layer")
+                "collapse_step", "collapse_layer", "stalled", "stall_loss_ratio")
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def run_trial(config: dict[str, Any], *, context: StudyContext) -> None:
         tracker.finish(run_id)
     except BaseException as err:  # noqa: BLE001 - any stop (error, kill, ASHA) leaves the run closed
         if isinstance(err, Exception):
-            tracker.finish(run_id, "FAILED", reason=repr(err))  # its description: "failed: <the error>"
+            tracker.finish(run_id, "FAILED", reason=repr(err), note=f"errored: {last_line(err)}")
             _update_scheme_note(tracker, context, scheme)
         else:  # Tune ends a stopped trial's thread with SystemExit
             tracker.finish(run_id, "KILLED", reason=f"stopped early by Tune (scheduler or shutdown): {err!r}",
@@ -130,6 +130,14 @@ def _trial_run(tracker: StudyTracker, context: StudyContext, trial: TrialConfig,
     if trial.optuna_trial_number is not None:
         tags["optuna_trial_number"] = trial.optuna_trial_number
     return tracker.trial_run(study, scheme, trial_id, context.parent_runs[scheme], trial_params(context, trial), tags)
+
+
+def last_line(err: BaseException) -> str:
+    """An error's last non-empty line (a worker's error arrives wrapped, its own message last), with its type."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    if len(lines) > 1:  # a traceback's text (Ray's wrapped errors): its last line names the cause
+        return lines[-1][:300]
+    return f"{type(err).__name__}: {lines[0]}"[:300] if lines else type(err).__name__
 
 
 def _tag(value: Any) -> str:

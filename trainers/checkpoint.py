@@ -32,22 +32,24 @@ PREFIX = "normstudy-ckpt-"
 
 
 def save_checkpoint(step: int, module: nn.Module, optimizer: torch.optim.Optimizer, monitor: DivergenceMonitor,
-                    rank: int) -> str | None:
+                    rank: int, extra: dict[str, Any] | None = None) -> str | None:
     """Rank 0: a new directory holding the state after ``step``; other ranks: None. Take it right after
-    the monitor's ``flush`` (its state holds flushed steps only)."""
+    the monitor's ``flush`` (its state holds flushed steps only). ``extra``: the run's own small state
+    (its initial evaluation), handed back by :func:`load_checkpoint`."""
     if rank != 0:
         return None
     d = tempfile.mkdtemp(prefix=PREFIX)
     torch.save({"step": step, "model": module.state_dict(), "optimizer": optimizer.state_dict(),
                 "monitor": monitor.state_dict(), "torch_rng": torch.get_rng_state(),
-                "numpy_rng": np.random.get_state(), "python_rng": random.getstate()},
+                "numpy_rng": np.random.get_state(), "python_rng": random.getstate(), "extra": dict(extra or {})},
                os.path.join(d, CHECKPOINT_FILE))
     return d
 
 
 def load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
-                    monitor: DivergenceMonitor) -> int:
-    """Restore what :func:`save_checkpoint` wrote into these objects and the RNGs; returns the step."""
+                    monitor: DivergenceMonitor) -> tuple[int, dict[str, Any]]:
+    """Restore what :func:`save_checkpoint` wrote into these objects and the RNGs; returns the step and the
+    ``extra`` it was saved with."""
     state = torch.load(path, map_location="cpu", weights_only=False)
     module.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -55,7 +57,7 @@ def load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimi
     torch.set_rng_state(state["torch_rng"])
     np.random.set_state(state["numpy_rng"])
     random.setstate(state["python_rng"])
-    return int(state["step"])
+    return int(state["step"]), dict(state.get("extra") or {})
 
 
 def resume_file(checkpoint_dir: str | None) -> Path | None:

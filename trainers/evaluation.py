@@ -20,17 +20,20 @@ from trainers.inputs import to_device
 
 @torch.no_grad()
 def evaluate(module: nn.Module, data: DataBundle, device: torch.device, criterion: nn.Module,
-             channels_last: bool = False, amp=None) -> dict[str, float]:
+             channels_last: bool = False, amp=None, splits: tuple[str, ...] = ("train", "test")) -> dict[str, float]:
     """Top-1/top-5/loss on the fixed train subset and the test split, in eval mode, summed over ranks.
 
     ``module`` is the unwrapped model (not DDP, not compiled); its training mode is restored after.
     ``criterion`` is unused (the loss reported is plain cross-entropy, no label smoothing); it stays in
-    the signature for callers that pass the loop's.
+    the signature for callers that pass the loop's. ``splits``: ``("train",)`` measures the train subset only
+    (the loop's initial evaluation, for the stall rule).
     """
     was_training = module.training
     module.eval()
     out: dict[str, float] = {}
     for prefix, loader in (("train", data.train_eval), ("test", data.test)):
+        if prefix not in splits:
+            continue
         sums = torch.zeros(4, dtype=torch.float64, device=device)  # top1, top5, loss, count
         for x, y in loader:
             if len(y) == 0:

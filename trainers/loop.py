@@ -76,6 +76,7 @@ from trainers.optim import build_optimizer
 from trainers.run_logger import create_logger
 from trainers.schedule import base_lr, lr_multiplier, warmup_length
 from trainers.session import LocalSession, Session, create_session
+from trainers.stall import stall_verdict
 from trainers.summary import summary_of
 
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ class TrainingRun:
     step: int = 0  # optimizer steps done (after a resume: counted from the start of the trial)
     divergence: Divergence | None = None  # agreed across ranks at a report
     last_eval: dict[str, float] = field(default_factory=dict)  # the latest evaluation's metrics
+    initial_eval: dict[str, float] = field(default_factory=dict)  # train subset before the first step (stall rule)
     step_times: list[float] = field(default_factory=list)  # mean seconds a step, one per report interval
     final_checkpoint: str | None = None  # the last step's checkpoint: it goes out with the summary
     interval_start: float = field(default_factory=time.perf_counter)
@@ -196,8 +198,9 @@ def setup(config: dict[str, Any], session: Session | None = None) -> TrainingRun
     optimizer = build_optimizer(module, scheme, t)
     monitor = DivergenceMonitor(module, spec.divergence)
     state = resume_file(session.checkpoint_dir())
+    extra: dict[str, Any] = {}
     if state is not None:
-        step = load_checkpoint(state, module, optimizer, monitor)
+        step, extra = load_checkpoint(state, module, optimizer, monitor)
     else:
         # Data-dependent init (WN) on the first batch; DDP's broadcast then makes it identical on all ranks.
         step = 0
@@ -214,7 +217,10 @@ def setup(config: dict[str, Any], session: Session | None = None) -> TrainingRun
         optimizer=optimizer, monitor=monitor, criterion=nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),
         amp=amp, logger=logger, total_steps=total_steps,
         warmup_steps=warmup_length(t.warmup_steps, t.warmup_fraction, total_steps),
-        batches=batches(data.train, data.steps_per_epoch, start_step=step), step=step)
+        batches=batches(data.train, data.steps_per_epoch, start_step=step), step=step,
+        initial_eval=dict(extra.get("initial_eval") or {}))
+    if state is None:
+        _initial_evaluation(run)
     run.model.train()
     run.interval_start = time.perf_counter()
     return run
@@ -269,6 +275,20 @@ def probe_sharpness(run: TrainingRun, x: torch.Tensor, y: torch.Tensor) -> None:
     run.logger.log_metrics({"sharpness": sharp}, run.step)
 
 
+def _initial_evaluation(run: TrainingRun) -> None:
+    """The train subset's loss and top-1 before the first step (after the data-dependent init): the stall
+    rule's ``L_0`` (trainers/stall.py), measured exactly as the final one is; logged at step 0."""
+    ev = evaluate(run.module, run.data, run.device, run.criterion, run.training.channels_last, run.amp,
+                  splits=("train",))
+    run.initial_eval = {"initial_train_loss": ev["train_loss_eval"], "initial_train_top1": ev["train_top1"]}
+    run.logger.log_metrics(run.initial_eval, 0)
+
+
+def _checkpoint(run: TrainingRun) -> str | None:
+    return save_checkpoint(run.step, run.module, run.optimizer, run.monitor, run.session.world_rank,
+                           extra={"initial_eval": run.initial_eval})
+
+
 # --------------------------------------------------------------------------------------------------
 # a report interval
 
@@ -288,8 +308,7 @@ def report_interval(run: TrainingRun) -> bool:
             metrics.update(run.last_eval)
             metrics["objective"] = run.last_eval.get(run.config.objective_metric, run.last_eval["test_top1"])
             if run.checkpoint_due():
-                checkpoint = save_checkpoint(run.step, run.module, run.optimizer, run.monitor,
-                                             run.session.world_rank)
+                checkpoint = _checkpoint(run)
         metrics.setdefault("objective", run.last_eval.get(run.config.objective_metric, run.config.penalty()))
         _hand_over(run, metrics, checkpoint)
     else:
@@ -345,7 +364,8 @@ def _agree_on_divergence(local, world: int):
 
 def finish(run: TrainingRun) -> dict[str, Any]:
     """After the last step (or the divergence): the final evaluation where none is fresh, the collapse
-    verdict, the summary (logged, written into the final checkpoint), and the last report, which carries it."""
+    and stall verdicts, the summary (logged, written into the final checkpoint), and the last report, which
+    carries it."""
     if run.divergence is None and run.step > 0 and not run.last_eval:  # resumed from the final checkpoint
         run.last_eval = run.evaluate()
     collapse = None
@@ -353,15 +373,19 @@ def finish(run: TrainingRun) -> dict[str, Any]:
         verdict = run.monitor.collapse(run.last_eval.get("train_top1"), run.last_eval.get("train_loss_eval"),
                                        run.data.num_classes)
         collapse = _agree_on_collapse(verdict, run.session.world_size)
-    summary = summary_of(run.last_eval, run.divergence, collapse, run.step, run.step_times, run.config)
+    stall = None
+    if run.divergence is None and run.last_eval:  # the same numbers on every rank: no agreement needed
+        stall = stall_verdict(run.initial_eval.get("initial_train_loss"), run.last_eval.get("train_loss_eval"),
+                              run.data.num_classes, run.config.divergence.stall_loss_frac)
+    summary = summary_of(run.last_eval, run.divergence, collapse, run.step, run.step_times, run.config,
+                         initial_eval=run.initial_eval, stall=stall)
     run.logger.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)}, max(run.step, 1))
     run.logger.close()  # every curve point is in the store before the trial reports its end
     checkpoint = run.final_checkpoint
     if run.session.world_rank == 0:
         if checkpoint is None:  # diverged, max_steps 0, or resumed from the final checkpoint
             checkpoint = (summary_only_checkpoint() if run.divergence is not None
-                          else save_checkpoint(run.step, run.module, run.optimizer, run.monitor,
-                                            run.session.world_rank))
+                          else _checkpoint(run))
         write_summary(checkpoint, summary)
     run.session.report(summary, checkpoint_dir=checkpoint)
     if checkpoint:

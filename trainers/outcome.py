@@ -8,11 +8,14 @@ the same keys read back from MLflow (numbers or their strings):
 
 - ``diverged``: a divergence rule fired (``diverged=1``; trainers/divergence.py);
 - ``collapsed``: it stayed finite to the end but ended at chance (``collapsed=1``; the collapse rule);
-- ``stable``: it trained to the end (it has a ``final_test_top1``) and did neither;
+- ``stalled``: it stayed finite to the end but did not fit: its final train loss is still above
+  ``divergence.stall_loss_frac`` × its initial one (``stalled=1``; the stall rule, trainers/stall.py);
+- ``stable``: it trained to the end (it has a ``final_test_top1``) and none of the above;
 - ``errored``: it raised an exception (an allocation, a bug, a lost store): no statement about stability;
 - ``unfinished``: no summary yet (running, killed, stopped by a scheduler).
 
-``diverged`` and ``collapsed`` are the **failures** (:data:`FAILURES`): they count against a scheme's
+``diverged``, ``collapsed`` and ``stalled`` are the **failures** (:data:`FAILURE_KINDS`, in that order of
+precedence: a collapse is also a stall, and is called the narrower name): they count against a scheme's
 stability everywhere. ``errored`` and ``unfinished`` trials are left out of every rate.
 
 A **point** is one learning rate (at one init scale) trained once per seed; its status
@@ -31,12 +34,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-Outcome = Literal["stable", "diverged", "collapsed", "errored", "unfinished"]
+Outcome = Literal["stable", "diverged", "collapsed", "stalled", "errored", "unfinished"]
 PointStatus = Literal["stable", "failed", "errored", "pending"]
 
-STABLE, DIVERGED, COLLAPSED, ERRORED, UNFINISHED = "stable", "diverged", "collapsed", "errored", "unfinished"
-OUTCOMES: tuple[str, ...] = (STABLE, DIVERGED, COLLAPSED, ERRORED, UNFINISHED)
-FAILURES: frozenset[str] = frozenset({DIVERGED, COLLAPSED})
+STABLE, DIVERGED, COLLAPSED, STALLED = "stable", "diverged", "collapsed", "stalled"
+ERRORED, UNFINISHED = "errored", "unfinished"
+OUTCOMES: tuple[str, ...] = (STABLE, DIVERGED, COLLAPSED, STALLED, ERRORED, UNFINISHED)
+FAILURE_KINDS: tuple[str, ...] = (DIVERGED, COLLAPSED, STALLED)  # the order tables show them in
+FAILURES: frozenset[str] = frozenset(FAILURE_KINDS)
 
 
 def _flag(value: Any) -> bool:
@@ -60,11 +65,13 @@ def outcome_of(result: Mapping[str, Any] | None, *, errored: bool = False) -> Ou
         return DIVERGED
     if _flag(result.get("collapsed")):
         return COLLAPSED
+    if _flag(result.get("stalled")):
+        return STALLED
     return STABLE if result.get("final_test_top1") is not None else UNFINISHED
 
 
 def is_failure(outcome: str | None) -> bool:
-    """Diverged or collapsed: the trial counts against the scheme's stability."""
+    """Diverged, collapsed or stalled: the trial counts against the scheme's stability."""
     return outcome in FAILURES
 
 

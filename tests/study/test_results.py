@@ -15,8 +15,9 @@ CONFIGS = TrialConfigs(spec_mod.load(None, ["schemes=[bn]", "search.mode=boundar
 
 
 def _trial(lr: float, seed: int, outcome: str, test: float = 0.5, train: float = 0.6) -> TrialResult:
-    metrics = {"diverged": float(outcome == "diverged"), "collapsed": float(outcome == "collapsed")}
-    if outcome in ("stable", "collapsed"):
+    metrics = {"diverged": float(outcome == "diverged"), "collapsed": float(outcome == "collapsed"),
+               "stalled": float(outcome == "stalled")}
+    if outcome in ("stable", "collapsed", "stalled"):
         metrics.update(final_test_top1=test, final_train_top1=train, final_gap=train - test)
     return TrialResult(CONFIGS.point("bn", lr, seed, None), f"t{lr}-{seed}", metrics,
                        "RuntimeError('out of memory')" if outcome == "errored" else None)
@@ -29,6 +30,7 @@ def result() -> StudyResult:
         # the best single seed (0.97) sits in a configuration where another seed collapsed: never the best
         _trial(3.0, 0, "stable", 0.97, 0.99), _trial(3.0, 1, "collapsed", 0.10, 0.11), _trial(3.0, 2, "stable", 0.96),
         _trial(10.0, 0, "diverged"), _trial(10.0, 1, "errored"), _trial(10.0, 2, "diverged"),
+        _trial(0.3, 0, "stalled", 0.2, 0.22),  # finite, did not fit: a failure of its own kind
     ]
     return StudyResult("run", "sqlite:///x.db", "normstudy", "/tmp", trials)
 
@@ -36,8 +38,10 @@ def result() -> StudyResult:
 def test_outcomes_count_by_the_one_rule(result):
     assert [r.outcome for r in result.trials].count("errored") == 1
     line = next(ln for ln in summary_table(result).splitlines() if ln.startswith("bn"))
-    trials, stable, diverged, collapsed, errored = (int(x) for x in line.split()[1:6])
-    assert (trials, stable, diverged, collapsed, errored) == (9, 5, 2, 1, 1)  # errored is not diverged
+    assert summary_table(result).splitlines()[0].split()[:7] == ["scheme", "trials", "stable", "diverged",
+                                                                  "collapsed", "stalled", "errored"]
+    trials, stable, diverged, collapsed, stalled, errored = (int(x) for x in line.split()[1:7])
+    assert (trials, stable, diverged, collapsed, stalled, errored) == (10, 5, 2, 1, 1, 1)  # errored: not diverged
 
 
 def test_best_configuration_is_the_reports_highest_mean_over_all_stable_seeds(result):

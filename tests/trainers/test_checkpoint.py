@@ -78,7 +78,7 @@ def test_save_then_load_restores_model_optimizer_monitor_and_rngs_exactly():
     other = trained_run(seed=1, steps=3)  # other weights, momentum, rule state and RNG draws
     assert not torch.equal(next(iter(other.module.state_dict().values())), next(iter(expected["model"].values())))
     torch.rand(5), np.random.rand(5), random.random()  # move every RNG on
-    step = load_checkpoint(Path(d) / CHECKPOINT_FILE, other.module, other.optimizer, other.monitor)
+    step, _ = load_checkpoint(Path(d) / CHECKPOINT_FILE, other.module, other.optimizer, other.monitor)
 
     assert step == 7
     assert_same_tensors(other.module.state_dict(), expected["model"], "model")
