@@ -1,4 +1,4 @@
-"""The stall rule (docs/design.md §5): a run that stays finite to the end but does not fit. Plain Python.
+"""The stall rule (docs/design.md §7): a run that stays finite to the end but does not fit. Plain Python.
 
 A trial *stalls* when its final train loss is still near where it started:
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 __all__ = ["STALL_LOSS_FRAC", "Stall", "stall_verdict"]
 
-# Default f, from the quick default's finite trials (docs/design.md §5): every run that fitted ended at
+# Default f, from the quick default's finite trials (docs/design.md §7): every run that fitted ended at
 # <= 0.51 of ln C (the slowest, WN lr 0.1 seed 2, at 0.60 train top-1), every run that did not at >= 0.83
 # (WN lr 1: 0.30 train top-1; BN lr 10: 0.18-0.23 train top-1 at 0.92-0.98). 0.65 is the gap's geometric middle.
 STALL_LOSS_FRAC = 0.65
