@@ -11,6 +11,7 @@ import argparse
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the study of the same name")
     run.add_argument("--fresh", action="store_true", help="replace an existing study of the same name")
     run.add_argument("--no-report", action="store_true", help="skip writing the stability report")
+    run.add_argument("--partial-report", action="store_true",
+                     help="if the study is interrupted (SIGINT/SIGTERM), still write the report of the trials that "
+                          "finished, marked partial (default: no report of an interrupted study)")
     run.add_argument("--force", action="store_true",
                      help="write the report into tracking.report_dir even if that folder holds other files")
 
@@ -68,14 +72,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM as SIGINT: an exception, so that what is open is closed (a study installs its own handler)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         return COMMANDS[args.command](args)
     except SpecError as err:
         print(f"normstudy: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("normstudy: interrupted; `normstudy run --resume` continues the study", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        more = "; `normstudy run --resume` continues the study" if args.command == "run" else ""
+        print(f"normstudy: interrupted by {signal.Signals(signum).name}{more}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    from study.interrupts import Interrupted
+
+    raise Interrupted(signum)
 
 
 def _load(args: argparse.Namespace) -> spec_mod.StudySpec:
@@ -91,22 +107,25 @@ def _load(args: argparse.Namespace) -> spec_mod.StudySpec:
 def cmd_run(args: argparse.Namespace) -> int:
     """Checks every name and path, takes the study's driver lock (study.driver_lock: one driver a study),
     runs the study, prints its summary (the report's rules), writes the report and logs it to the study's
-    MLflow runs (``report/``)."""
+    MLflow runs (``report/``). Exit 0; 1 when a trial errored (raised); 2 for a refused spec; 128 + the
+    signal (130 SIGINT, 143 SIGTERM) for an interrupted study, which gets no report unless
+    ``--partial-report``."""
     from analysis.report import write_report
     from study import driver_lock, preflight
     from study.results import summary_table
-    from study.runner import resolve_paths, run_study
+    from study.runner import StudyInterrupted, resolve_paths, run_study
     from study.tracking import StudyTracker
 
     raw = _load(args)
     preflight.check_paths(raw)  # the spec as given ('~' is refused here), before anything is written
     spec = resolve_paths(raw)
-    if not args.no_report:
+    if not args.no_report or args.partial_report:
         preflight.check_report_folder(spec, force=args.force)
     with driver_lock.hold(spec.tracking.storage_path, spec.tracking.study_name):  # held to the end
-        print(f"normstudy: study '{spec.tracking.study_name}': {', '.join(e.name for e in spec.schemes)} "
-              f"({spec.search.mode} search), MLflow {spec.tracking.tracking_uri}", flush=True)
-        result = run_study(spec, resume=args.resume, fresh=args.fresh, paths_checked=True)
+        try:
+            result = run_study(spec, resume=args.resume, fresh=args.fresh, paths_checked=True, announce=_announce)
+        except StudyInterrupted as stopped:
+            return _interrupted(args, spec, stopped)
         print()
         print(summary_table(result))
         print(f"\n{len(result.trials)} trials in {result.seconds:.0f} s.")
@@ -118,7 +137,43 @@ def cmd_run(args: argparse.Namespace) -> int:
                                 study_run_id=result.study_run_id,
                                 publisher=StudyTracker(result.tracking_uri, result.experiment))
             print(f"Report: {html}")
+    errored = sum(r.error is not None for r in result.trials)
+    if errored:
+        print(f"normstudy: {errored} of {len(result.trials)} trials errored (raised an exception, counted in no "
+              f"rate); why: each one's MLflow run (status FAILED, tag normstudy.failure_reason) in "
+              f"{result.tracking_uri}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _announce(spec: spec_mod.StudySpec, notes: list[str]) -> None:
+    """The study's first lines, once its preflight has passed (a refused study prints nothing on stdout)."""
+    print(f"normstudy: study '{spec.tracking.study_name}': {', '.join(e.name for e in spec.schemes)} "
+          f"({spec.search.mode} search), MLflow {spec.tracking.tracking_uri}", flush=True)
+    for note in notes:
+        print(f"normstudy: {note}", flush=True)
+
+
+def _interrupted(args: argparse.Namespace, spec: spec_mod.StudySpec, stopped) -> int:
+    """An interrupted study: what finished, the runs closed KILLED, the exit code of the signal."""
+    from study import preflight
+    from study.results import summary_table
+
+    result = stopped.result
+    if result is not None and result.trials:
+        print()
+        print(summary_table(result))
+    print(f"normstudy: interrupted by {stopped.name}: {stopped.finished} of {stopped.budget} trials finished; "
+          "every run this driver opened is closed KILLED; `normstudy run --resume` completes the study",
+          file=sys.stderr, flush=True)
+    if args.partial_report and result is not None and result.trials:
+        from study.partial_report import write_partial_report
+
+        html = write_partial_report(result.tracking_uri, result.experiment, result.study_run_id,
+                                    preflight.report_folder(spec), signal_name=stopped.name,
+                                    finished=stopped.finished, budget=stopped.budget)
+        print(f"Partial report: {html}")
+    return stopped.exit_code
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -135,7 +190,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec.scheme(args.scheme)  # must be in the study's schemes
     trial = TrialConfigs(spec).resolve(args.scheme, {"seed": spec.training.seed})
     init_ray(spec)
-    preflight(spec)
+    for note in preflight(spec):
+        print(f"normstudy: {note}", flush=True)
     tracker = StudyTracker(spec.tracking.tracking_uri, spec.tracking.experiment)
     run = tracker.client.create_run(tracker.experiment_id, run_name=f"train/{args.scheme}",
                                     tags={"normstudy.role": "train", "normstudy.scheme": args.scheme})

@@ -6,19 +6,14 @@ with every trial twice. :func:`hold` takes ``fcntl.flock(LOCK_EX | LOCK_NB)`` on
 ``<storage_path>/.<study_name>.driver.lock`` before the driver touches anything; a second driver is
 refused at once with a one-line :class:`StudyLocked` naming the study, the holder and how to continue.
 
-Why flock: the kernel releases it when the holding process dies, however it dies (SIGKILL included), so
-a stale lock file of a dead driver never blocks the next one. The file is removed on a clean release;
-because a second driver may have opened the file just before that, a driver that got the lock checks
-that the path still names the file it locked (same inode), and tries again if not. What the lock created
-(the lock file, and the storage folder when it did not exist) goes on release if nothing else was put
-there, so a study refused after the lock leaves nothing behind. flock is per host (and per NFS client on
-most NFS setups): drivers of one study on two machines sharing a storage folder are not guarded.
+The lock is :func:`study.file_lock.exclusive` (flock, released by the kernel however the driver dies, the
+file removed on release). What the lock created (the lock file, and the storage folder when it did not
+exist) goes on release if nothing else was put there, so a study refused after the lock leaves nothing
+behind. flock is per host: drivers of one study on two machines sharing a storage folder are not guarded.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 import socket
@@ -27,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from study import file_lock
 from study.spec import SpecError
 
 LOCK_SUFFIX = ".driver.lock"
@@ -46,46 +42,19 @@ def hold(storage_path: str | os.PathLike[str], study_name: str) -> Iterator[Path
     storage = Path(storage_path)
     created = _make_folders(storage)
     path = lock_path(storage, study_name)
+
+    def busy(fd: int) -> StudyLocked:
+        return StudyLocked(f"tracking.study_name: study '{study_name}' is being run by another driver{_holder(fd)} "
+                           f"in {storage}; wait until it ends, then `normstudy run --resume` continues it "
+                           "(or --set tracking.study_name=NEW for a separate study)")
+
     try:
-        fd = _acquire(path, study_name, storage)
-    except BaseException:
-        _remove_empty(created)
-        raise
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
-        yield path
+        with file_lock.exclusive(path, field="tracking.storage_path", busy=busy) as fd:
+            file_lock.note(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                           "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
+            yield path
     finally:
-        try:
-            os.unlink(path)  # while still locked: see the module docstring for why this is safe
-        except OSError:
-            pass
-        os.close(fd)
         _remove_empty(created)
-
-
-def _acquire(path: Path, study_name: str, storage: Path) -> int:
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            holder = _holder(fd)
-            os.close(fd)
-            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise SpecError(f"tracking.storage_path: cannot lock '{path}' ({err.strerror}); use a local "
-                                "folder that supports file locks") from None
-            raise StudyLocked(f"tracking.study_name: study '{study_name}' is being run by another driver{holder} "
-                              f"in {storage}; wait until it ends, then `normstudy run --resume` continues it "
-                              "(or --set tracking.study_name=NEW for a separate study)") from None
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            return fd
-        os.close(fd)  # the previous holder removed the file between our open and our lock: again
 
 
 def _holder(fd: int) -> str:

@@ -17,9 +17,14 @@ write. The checks, cheapest first (docs/reliability.md lists the faults each one
   full batch an epoch; a ``folder`` data path exists with ``train_dir``/``val_dir`` holding the same
   non-empty class folders, and every image file starts like an image (``scan_folder(verify=True)``:
   a corrupt or mislabelled file is named here, not in the middle of a trial).
+- ``data``: a folder data set has at least two classes, none with more than ``data.max_class_imbalance``
+  times the training images of another (links are counted once: trainers.data.folder); its images per
+  class are returned as a note the CLI prints;
+- the run's length: a warm-up shorter than the run, ``divergence.initial_steps`` shorter than the run;
 - ``scaling``: the cluster can place one trial (needs Ray): CPUs, GPUs, the custom resources of
   ``resources_per_worker``, and for STRICT_SPREAD/STRICT_PACK enough nodes that each hold a worker (or
-  one node that holds them all).
+  one node that holds them all); then what one worker needs against the largest node
+  (:mod:`study.preflight_resources`: threads, loader processes, memory).
 
 This module holds ``preflight`` (the order of the checks) and the checks of the spec's content; the path
 and tracking checks live in the two modules above and are re-exported here (``study.cli`` calls
@@ -29,6 +34,7 @@ and tracking checks live in the two modules above and are re-exported here (``st
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
 import ray
@@ -46,33 +52,41 @@ from study.preflight_paths import (
     check_storage,
     report_folder,
 )
+from study.preflight_resources import check_machine
 from study.preflight_tracking import check_tracking
 from study.spec import SpecError, StudySpec
 from trainers import norms
 from trainers.data.base import steps_per_epoch
-from trainers.data.folder import scan_folder
+from trainers.data.folder import FolderSplits, scan_folder
 
 __all__ = [
-    "EVAL_METRICS", "MAX_EXPERIMENT_NAME", "MAX_STUDY_NAME", "check_batches", "check_data", "check_data_paths",
-    "check_finite", "check_names", "check_paths", "check_placeable", "check_report_folder", "check_search",
-    "check_storage", "check_tracking", "preflight", "report_folder",
+    "EVAL_METRICS", "MAX_EXPERIMENT_NAME", "MAX_STUDY_NAME", "check_batches", "check_classes", "check_data",
+    "check_data_paths", "check_finite", "check_length", "check_machine", "check_names", "check_paths",
+    "check_placeable", "check_report_folder", "check_search", "check_storage", "check_tracking", "preflight",
+    "report_folder",
 ]
 
 EVAL_METRICS = {"train_top1": "max", "train_top5": "max", "test_top1": "max", "test_top5": "max",
                 "train_loss_eval": "min", "test_loss": "min"}  # what trainers.loop.evaluate reports
 
 
-def preflight(spec: StudySpec, *, paths: bool = True) -> None:
+def preflight(spec: StudySpec, *, paths: bool = True) -> list[str]:
     """All checks, in order; call after Ray is initialized (placement needs the cluster's resources).
-    ``paths=False``: the caller already ran :func:`check_paths` on the spec as given (``normstudy run``)."""
+    ``paths=False``: the caller already ran :func:`check_paths` on the spec as given (``normstudy run``).
+    Returns one-line notes for the user (a folder data set's images per class)."""
     check_finite(spec)
     if paths:
         check_paths(spec)
     check_tracking(spec)
     check_search(spec)
     check_batches(spec)
-    check_data(spec)
+    splits = check_data(spec)
+    notes = [check_classes(spec, splits)] if splits is not None else []
+    check_length(spec, len(splits.train) if splits is not None else
+                 spec.data.train_size if spec.data.kind == "generated" else None)
     check_placeable(spec)
+    check_machine(spec, len(splits.classes) if splits is not None else None)
+    return notes
 
 
 def check_finite(spec: StudySpec) -> None:
@@ -156,10 +170,10 @@ def _steps(samples: int, global_batch: int, workers: int) -> int:
     return steps_per_epoch(samples, global_batch // workers, workers)
 
 
-def check_data(spec: StudySpec) -> None:
+def check_data(spec: StudySpec) -> FolderSplits | None:
     """A folder data set: scanned and its image headers checked now (see trainers.data.folder)."""
     if spec.data.kind != "folder":
-        return
+        return None
     _check_absolute("data.path", spec.data.path)
     try:
         splits = scan_folder(spec.data, verify=True)
@@ -170,6 +184,49 @@ def check_data(spec: StudySpec) -> None:
     if _steps(len(splits.train), t.batch_size, w) < 1:
         raise SpecError(f"data.path: {len(splits.train)} training images give no full batch of "
                         f"{t.batch_size // w} per worker on {w} worker(s); lower training.batch_size or add images")
+    return splits
+
+
+def check_classes(spec: StudySpec, splits: FolderSplits) -> str:
+    """At least two classes, and no training class more than ``data.max_class_imbalance`` times another;
+    returns the one-line note of the images per class."""
+    counts = splits.class_counts("train")
+    if len(counts) < 2:
+        raise SpecError(f"data.path: one class folder ({_names(counts)}) leaves nothing to tell apart; a study needs "
+                        "at least two classes")
+    small, big = min(counts, key=counts.__getitem__), max(counts, key=counts.__getitem__)
+    ratio = counts[big] / counts[small]
+    limit = spec.data.max_class_imbalance
+    if ratio > limit:
+        raise SpecError(f"data.path: class '{big}' has {counts[big]} training images, {ratio:.1f}x the {counts[small]} "
+                        f"of class '{small}' (data.max_class_imbalance {limit:g}); balance the classes (is one linked "
+                        "in twice?) or raise data.max_class_imbalance")
+    val = splits.class_counts("val")
+    note = (f"data: {len(counts)} classes, {len(splits.train)} train / {len(splits.val)} val images; per class: "
+            f"train {counts[small]}-{counts[big]} (median {statistics.median(counts.values()):g}; fewest '{small}', "
+            f"most '{big}'), val {min(val.values())}-{max(val.values())}")
+    return note + (f"; {splits.duplicates} linked duplicates counted once" if splits.duplicates else "")
+
+
+def _names(counts: dict[str, int]) -> str:
+    return ", ".join(f"'{n}'" for n in list(counts)[:3])
+
+
+def check_length(spec: StudySpec, samples: int | None) -> None:
+    """What a run of the study's length cannot mean: a warm-up as long as the run, a divergence rule that
+    is never armed. ``samples``: training samples (None: not known before the study, not checked)."""
+    if samples is None:
+        return
+    t, w = spec.training, spec.scaling.num_workers
+    per_epoch = _steps(samples, t.batch_size, w)
+    total = t.max_steps if t.max_steps is not None else math.ceil(t.epochs * per_epoch)
+    if t.warmup_steps >= total:
+        raise SpecError(f"training.warmup_steps: {t.warmup_steps} warm-up steps cover the whole run of {total} steps, "
+                        "so it never trains at its learning rate; use fewer (or training.warmup_fraction)")
+    if spec.divergence.initial_steps >= total:
+        raise SpecError(f"divergence.initial_steps: the initial loss is averaged over {spec.divergence.initial_steps} "
+                        f"steps but the run has {total}, so the loss-explosion rule is never armed; use fewer "
+                        "initial steps or a longer run")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The MLflow tracking store can be reached and written, checked before anything is written to it.
 
 ``check_tracking`` (``tracking.tracking_uri``): a SQLite file's folder exists and is writable (MLflow would
-create it silently), the file, if any, is a SQLite database; an ``http(s)://`` server answers a TCP connect
+create it silently), the file, if any, is a SQLite database that is empty or an MLflow store at this
+MLflow's schema (``study.store``: another program's database, a half-made or an older store is refused
+before anything is written to it); an ``http(s)://`` server answers a TCP connect
 and ``GET /health`` within a few seconds; a database server (``postgresql://``, ``mysql://``, ...) answers
 a TCP connect; a file store (``./mlruns``, which MLflow 3 refuses) or an unknown scheme is refused. Each
 failure is a :class:`SpecError` with one line naming the field and the fix.
@@ -17,6 +19,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
+from study import store
 from study.spec import SpecError, StudySpec
 from study.tracking import resolve_uri
 
@@ -76,6 +79,7 @@ def _check_sqlite(uri: str) -> None:
                             "MLflow .db file")
         if not os.access(db, os.W_OK):
             raise SpecError(f"{field}: '{db}' is read-only; make it writable or use another file")
+        store.check(db.absolute())  # another program's database, a half-made or older store: refused here
 
 
 def _check_connect(uri: str, host: str, port: int) -> None:

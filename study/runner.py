@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -26,6 +27,7 @@ from ray.tune.schedulers import ASHAScheduler
 from study import provenance
 from study import spec as spec_mod
 from study.boundary_search import BoundarySearch
+from study.interrupts import Interrupted, StopOnSignal, TuneStop
 from study.optuna_search import TrialConfigSearch
 from study.preflight import preflight
 from study.progress import TrialProgress
@@ -36,6 +38,7 @@ from study.tracking import STUDY, StudyTracker, resolve_uri
 from study.trial import StudyContext, run_trial
 from study.trial_configs import TRIAL, TrialConfigs, trial_of
 from trainers import norms
+from trainers.outcome import UNFINISHED
 from trainers.profiling import profile_step
 
 
@@ -77,10 +80,38 @@ def max_concurrent(spec: StudySpec) -> int:
     return max(1, int(res.get("CPU", 1) // (s.cpus_per_worker * s.num_workers)))
 
 
+class StudyInterrupted(Interrupted):
+    """The study stopped on SIGINT/SIGTERM: every run it opened is closed KILLED. ``result`` holds the trials
+    that finished (``result.trials``), ``budget`` the study's trial budget (an upper bound in boundary mode)."""
+
+    def __init__(self, signum: int, result: StudyResult | None, budget: int) -> None:
+        super().__init__(signum)
+        self.result, self.budget = result, budget
+
+    @property
+    def finished(self) -> int:
+        return len(self.result.trials) if self.result else 0
+
+
+Announce = Callable[[StudySpec, list[str]], None]
+
+
 def run_study(spec: StudySpec, *, resume: bool = False, fresh: bool = False, out: TextIO | None = None,
-              paths_checked: bool = False) -> StudyResult:
+              paths_checked: bool = False, announce: Announce | None = None) -> StudyResult:
     """Run (or, with ``resume``, continue) every scheme's experiment; returns what the trials reported.
-    ``paths_checked``: the caller ran ``preflight.check_paths`` on the spec as given (it is not run again)."""
+    ``paths_checked``: the caller ran ``preflight.check_paths`` on the spec as given (it is not run again).
+    ``announce(spec, notes)`` is called once the preflight has passed, before anything is written (``notes``:
+    the preflight's one-line notes, e.g. a folder's images per class).
+
+    SIGINT or SIGTERM stops the study (``study.interrupts``): the trials that finished are kept, every run
+    opened here is closed KILLED, and :class:`StudyInterrupted` is raised (never a return)."""
+    with StopOnSignal() as stop:
+        return _run(spec, stop, resume=resume, fresh=fresh, out=out, paths_checked=paths_checked,
+                    announce=announce)
+
+
+def _run(spec: StudySpec, stop: StopOnSignal, *, resume: bool, fresh: bool, out: TextIO | None, paths_checked: bool,
+         announce: Announce | None) -> StudyResult:
     started = time.time()
     check_mode(spec)
     spec = resolve_paths(spec)
@@ -89,51 +120,100 @@ def run_study(spec: StudySpec, *, resume: bool = False, fresh: bool = False, out
     if replace and not fresh:
         raise SpecError(f"tracking.study_name: study '{spec.tracking.study_name}' already exists in {root.parent}; "
                         "pass --resume to continue it, --fresh to replace it, or --set tracking.study_name=NEW")
-    init_ray(spec)
-    preflight(spec, paths=not paths_checked)  # everything that can be refused is, before anything is written
-    configs = TrialConfigs(spec)  # every trial's config is resolved from these, here on the driver
-    if replace:  # --fresh: the old study goes only once the new one has passed the preflight
-        _delete_study(spec, root)
-    tracker = StudyTracker(spec.tracking.tracking_uri, spec.tracking.experiment)
-    context, study_run = _open_runs(tracker, spec, configs)
-    result = StudyResult(study_run, spec.tracking.tracking_uri, spec.tracking.experiment, str(root))
-    progress = TrialProgress(total=sum(planned_trials(spec, e.name) for e in spec.schemes), out=out)
+    budget = sum(planned_trials(spec, e.name) for e in spec.schemes)
+    try:
+        init_ray(spec)
+        stop.reinstall()
+        notes = preflight(spec, paths=not paths_checked)  # all that can be refused is, before anything is written
+        configs = TrialConfigs(spec)  # every trial's config is resolved from these, here on the driver
+        if announce is not None:
+            announce(spec, notes)
+        if replace:  # --fresh: the old study goes only once the new one has passed the preflight
+            _delete_study(spec, root)
+        tracker = StudyTracker(spec.tracking.tracking_uri, spec.tracking.experiment)
+    except Interrupted as err:
+        raise StudyInterrupted(err.signum, None, budget) from None
+    opened = _Opened(tracker, spec)
+    result = StudyResult("", spec.tracking.tracking_uri, spec.tracking.experiment, str(root))
+    try:
+        context, result.study_run_id = _open_runs(tracker, spec, configs, opened)
+        _run_experiments(spec, stop, configs, context, result, root, budget, resume=resume, out=out)
+    except Interrupted as err:
+        with stop.shielded():
+            opened.close_killed(err.name, len(result.trials), budget)
+        raise StudyInterrupted(err.signum, result, budget) from None
+    if spec.search.mode == "boundary":
+        result.boundary = boundary_rows(configs, result.trials)
+    with stop.shielded():
+        for entry in spec.schemes:
+            _close_stopped_trials(tracker, spec.tracking.study_name, entry.name)
+            tracker.finish(context.parent_runs[entry.name])
+        tracker.finish(result.study_run_id)
+    result.seconds = time.time() - started
+    return result
+
+
+def _run_experiments(spec: StudySpec, stop: StopOnSignal, configs: TrialConfigs, context: StudyContext,
+                     result: StudyResult, root: Path, budget: int, *, resume: bool, out: TextIO | None) -> None:
+    """Every experiment of the study, in turn; a trial that finished lands in ``result.trials``. Trials a
+    signal stopped (no summary, no error) are left out: they run again on ``--resume``."""
+    progress = TrialProgress(total=budget, out=out)
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), _trial_resources(spec))
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0 (we print lines)
     for name, scheme in _experiments(spec):
         progress.scheme = scheme or ""
         path = root / name
-        if resume and tune.Tuner.can_restore(str(path)):
-            tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
-        else:
-            tuner = _new_tuner(spec, configs, name, scheme, trainable, progress, str(root))
-        for r in tuner.fit():
+        with stop.tune():
+            if resume and tune.Tuner.can_restore(str(path)):
+                tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
+                                           resume_errored=True)
+            else:
+                tuner = _new_tuner(spec, configs, name, scheme, trainable, progress, str(root))
+            grid = tuner.fit()
+        for r in grid:
             trial = trial_of(r.config)
-            if trial is not None:
-                result.trials.append(TrialResult(trial, _trial_id(r), dict(r.metrics or {}),
-                                                 None if r.error is None else repr(r.error)))
-    if spec.search.mode == "boundary":
-        result.boundary = boundary_rows(configs, result.trials)
-    for entry in spec.schemes:
-        _close_stopped_trials(tracker, spec.tracking.study_name, entry.name)
-        tracker.finish(context.parent_runs[entry.name])
-    tracker.finish(study_run)
-    result.seconds = time.time() - started
-    return result
+            if trial is None:
+                continue
+            done = TrialResult(trial, _trial_id(r), dict(r.metrics or {}), None if r.error is None else repr(r.error))
+            if done.outcome != UNFINISHED:
+                result.trials.append(done)
+        stop.raise_if_stopped()
 
 
-def _open_runs(tracker: StudyTracker, spec: StudySpec, configs: TrialConfigs) -> tuple[StudyContext, str]:
+class _Opened:
+    """The runs this driver opened (the study run, the scheme runs), to close them KILLED on a signal."""
+
+    def __init__(self, tracker: StudyTracker, spec: StudySpec) -> None:
+        self.tracker, self.spec = tracker, spec
+        self.study_run: str | None = None
+        self.scheme_runs: dict[str, str] = {}
+
+    def close_killed(self, signal_name: str, finished: int, budget: int) -> None:
+        """Every trial run still RUNNING, every scheme run and the study run: KILLED, saying why."""
+        reason = (f"interrupted by {signal_name}: {finished} of {budget} trials finished; "
+                  "`normstudy run --resume` continues the study")
+        study = self.spec.tracking.study_name
+        for scheme, run_id in self.scheme_runs.items():
+            _close_stopped_trials(self.tracker, study, scheme, reason)
+            self.tracker.finish(run_id, "KILLED", reason=reason)
+        if self.study_run is not None:
+            self.tracker.finish(self.study_run, "KILLED", reason=reason)
+
+
+def _open_runs(tracker: StudyTracker, spec: StudySpec, configs: TrialConfigs,
+               opened: _Opened) -> tuple[StudyContext, str]:
     """The study run (its spec as params and spec.yaml) and one run per scheme, each with its step
-    profile; the context every trial shares."""
+    profile; the context every trial shares. Each run is noted in ``opened`` as soon as it exists."""
     study = spec.tracking.study_name
     params = spec_mod.flatten(spec)
-    study_run = tracker.study_run(study, {**params, **provenance.collect()})
+    study_run = opened.study_run = tracker.study_run(study, {**params, **provenance.collect()})
     tracker.log_text(study_run, spec_mod.dump(spec), "spec.yaml")
     parent_runs = {}
     for entry in spec.schemes:
         scheme_params = {"scheme": entry.name, "search.mode": spec.search.mode,
                          **{f"scheme_option.{k}": v for k, v in entry.options.items()}}
-        parent_runs[entry.name] = tracker.scheme_run(study, entry.name, study_run, scheme_params)
+        parent_runs[entry.name] = opened.scheme_runs[entry.name] = tracker.scheme_run(study, entry.name, study_run,
+                                                                                     scheme_params)
         _profile_scheme(tracker, parent_runs[entry.name], spec, entry.name)
     return StudyContext(spec.tracking, spec.scaling, params, parent_runs), study_run
 
@@ -208,17 +288,18 @@ def _new_tuner(spec: StudySpec, configs: TrialConfigs, name: str, scheme: str | 
         param_space=space,
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
                                     max_concurrent_trials=max_concurrent(spec), reuse_actors=True),
-        run_config=tune.RunConfig(name=name, storage_path=root, callbacks=[progress], verbose=0,
+        run_config=tune.RunConfig(name=name, storage_path=root, callbacks=[progress, TuneStop()], verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=spec.scaling.max_failures),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
 
 
-def _close_stopped_trials(tracker: StudyTracker, study: str, scheme: str) -> None:
-    """Trials stopped by the scheduler (ASHA) or killed leave RUNNING runs: close them as KILLED."""
+def _close_stopped_trials(tracker: StudyTracker, study: str, scheme: str,
+                          reason: str = "stopped early by the scheduler or a kill") -> None:
+    """Trials stopped by the scheduler (ASHA), a signal or a kill leave RUNNING runs: close them as KILLED."""
     for run in tracker.trial_runs(study, scheme):
         if run.info.status == "RUNNING":
-            tracker.finish(run.info.run_id, "KILLED", reason="stopped early by the scheduler or a kill")
+            tracker.finish(run.info.run_id, "KILLED", reason=reason)
 
 
 def _profile_scheme(tracker: StudyTracker, run_id: str, spec: StudySpec, scheme: str) -> None:
@@ -239,4 +320,4 @@ def _delete_study(spec: StudySpec, root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
-__all__ = ["run_study", "resolve_paths", "init_ray", "planned_trials", "StudyResult"]
+__all__ = ["run_study", "resolve_paths", "init_ray", "planned_trials", "StudyResult", "StudyInterrupted"]

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from trainers.config import (
+    SEED_LIMIT,
     DataSpec,
     DivergenceSpec,
     ModelSpec,
@@ -33,10 +34,52 @@ from trainers.config import (
     SpecError,
     TrainerConfig,
     TrainingSpec,
+    distinct,
     one_line_error,
 )
 
 PAPER_SCHEMES = ("bn", "wn", "normprop", "wn_trelu")
+
+
+class DuplicateKey(yaml.MarkedYAMLError):
+    """A mapping that gives one key twice (YAML's last-one-wins would silently drop the first)."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no ``!!python`` tags) that refuses a key repeated in one mapping — a repeated
+    field or a whole repeated section. Merge keys (``<<: *anchor``) may still be overridden, as YAML means."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error follows
+                continue
+            if first is not None:
+                raise DuplicateKey(f"while constructing a mapping (key {key!r} first at line "
+                                   f"{first.start_mark.line + 1})", node.start_mark,
+                                   f"key {key!r} repeated", key_node.start_mark)
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML as ``yaml.safe_load`` reads it, but a key repeated in a mapping is an error (:class:`DuplicateKey`)."""
+    loader = UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _repeated(err: DuplicateKey) -> str:
+    """'key 'lr' repeated at line 7 (first at line 3)' from a DuplicateKey."""
+    first = (err.context or "").rpartition("first at ")[2].rstrip(")")
+    return f"{err.problem} at line {err.problem_mark.line + 1} ({first and 'first at ' + first}); keep one"
 
 
 class SearchSpec(Section):
@@ -49,7 +92,7 @@ class SearchSpec(Section):
     grid_lr: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0], min_length=1)
     grid_init_scale: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
     space_dir: str | None = None  # override the bundled search_spaces/ folder
-    optuna_seed: int = 0
+    optuna_seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     scheduler: Literal["none", "asha"] = "none"
     asha_grace_period: int = Field(1, gt=0)  # in reports
     max_concurrent_trials: int | None = Field(None, gt=0)  # None = from the resources
@@ -68,6 +111,18 @@ class SearchSpec(Section):
             raise ValueError(f"every value must be > 0, got {v}")
         return v
 
+    @field_validator("grid_lr", "grid_init_scale", "seeds")
+    @classmethod
+    def _distinct(cls, v: list[Any]) -> list[Any]:
+        return distinct(v)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seed_range(cls, v: list[int]) -> list[int]:
+        if any(not 0 <= x < SEED_LIMIT for x in v):
+            raise ValueError(f"seeds must be in [0, 2**32), got {v}")
+        return v
+
 
 class ScalingSpec(Section):
     num_workers: int = Field(1, gt=0)  # DDP workers per trial (the paper: 8 GPUs)
@@ -82,6 +137,17 @@ class ScalingSpec(Section):
     # Extra (custom) Ray resources each worker needs, e.g. {"trainer_node": 1} to pin workers to nodes.
     resources_per_worker: dict[str, float] = Field(default_factory=dict)
     ray_address: str | None = None  # None: the job's cluster, or a local Ray
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _custom_resources(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, amount in v.items():
+            if name in ("CPU", "GPU", "memory", "object_store_memory"):
+                raise ValueError(f"'{name}' is set by scaling.cpus_per_worker / scaling.use_gpu (or is Ray's own); "
+                                 "list only custom resources here")
+            if not amount > 0:
+                raise ValueError(f"'{name}': {amount} is not a positive amount; give an amount > 0 or remove it")
+        return v
 
 
 class TrackingSpec(Section):
@@ -130,6 +196,13 @@ class StudySpec(Section):
             seen.add(entry.name)
         return v
 
+    @model_validator(mode="after")
+    def _trains_something(self) -> StudySpec:
+        if self.training.max_steps == 0:  # the loop's "set up and stop", which no study means
+            raise ValueError("training.max_steps: 0 steps train nothing, so no trial would have a result; give "
+                             "a number of steps > 0, or remove it to train training.epochs")
+        return self
+
     def scheme(self, name: str) -> SchemeEntry:
         for entry in self.schemes:
             if entry.name == name:
@@ -172,10 +245,14 @@ def load(path: str | os.PathLike[str] | None = None, overrides: Iterable[str] = 
     if path is None:
         path = Path(__file__).parent / "specs" / "quick.yaml"
     path = Path(path)
+    if path.is_dir():
+        raise SpecError(f"--spec: '{path}' is a folder; give the path of a YAML spec file in it")
     if not path.is_file():
         raise SpecError(f"--spec: file '{path}' not found; give the path of a YAML spec")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = parse_yaml(path.read_text(encoding="utf-8")) or {}
+    except DuplicateKey as err:
+        raise SpecError(f"{path}: {_repeated(err)}") from None
     except UnicodeDecodeError as err:
         raise SpecError(f"{path}: not UTF-8 text (byte {err.start}); save the spec as UTF-8 YAML") from None
     except RecursionError:
@@ -219,8 +296,13 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     key, _, text = item.partition("=")
     key_shown = key.encode("unicode_escape").decode("ascii")
     parts = key.strip().split(".")
+    if not all(p.strip() for p in parts):
+        raise SpecError(f"--set {shown}: no field name before '=' (or an empty part in it); expected "
+                        "section.field=value, e.g. training.lr=0.3")
     try:
-        value = yaml.safe_load(text)
+        value = parse_yaml(text)
+    except DuplicateKey as err:
+        raise SpecError(f"--set {key_shown}: in the value, {_repeated(err)}") from None
     except RecursionError:
         raise SpecError(f"--set {key_shown}: value nested too deeply to parse") from None
     except yaml.YAMLError:

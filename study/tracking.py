@@ -16,10 +16,12 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
+from study import store
 from trainers.run_logger import with_retries
 
 ROLE, STUDY, SCHEME, TRIAL = "normstudy.role", "normstudy.study", "normstudy.scheme", "normstudy.trial_id"
 PARENT = "mlflow.parentRunId"
+FAILURE_REASON = "normstudy.failure_reason"  # why a run ended KILLED or FAILED
 NOTE = "mlflow.note.content"  # a run's (or an experiment's) description in the MLflow UI
 
 # --- how the MLflow UI opens the experiment (docs/mlflow_layout.md, "The MLflow UI") ----------------
@@ -113,6 +115,7 @@ def scheme_progress_note(trial_runs: list[Any]) -> str:
 class StudyTracker:
     def __init__(self, tracking_uri: str, experiment: str) -> None:
         self.uri = tracking_uri
+        store.ensure(tracking_uri)  # a new SQLite store is made whole, by one process (study/store.py)
         self.client = MlflowClient(tracking_uri=tracking_uri)
         exp = with_retries(lambda: self.client.get_experiment_by_name(experiment))
         if exp is None:
@@ -145,8 +148,10 @@ class StudyTracker:
     def _get_or_create(self, name: str, tags: dict[str, str], parent: str | None) -> tuple[str, bool]:
         found = self._find(tags)
         if found is not None:
-            if found.info.status != "RUNNING":
+            if found.info.status != "RUNNING":  # --resume: the run goes on, and no longer says why it stopped
                 with_retries(lambda: self.client.update_run(found.info.run_id, status="RUNNING"))
+                for key in (FAILURE_REASON, NOTE) if FAILURE_REASON in found.data.tags else ():
+                    with_retries(lambda key=key: self.client.delete_tag(found.info.run_id, key))
             return found.info.run_id, False
         all_tags = dict(tags, **({PARENT: parent} if parent else {}))
         run = with_retries(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=all_tags))
@@ -223,7 +228,7 @@ class StudyTracker:
     def finish(self, run_id: str, status: str = "FINISHED", reason: str | None = None, note: str | None = None) -> None:
         """Close a run. A run that did not finish says why in its description too (``note``, else
         "killed: <reason>"), so a trial stopped by the scheduler does not read "running" for good."""
-        tags = {"normstudy.failure_reason": reason[:5000]} if reason else {}
+        tags = {FAILURE_REASON: reason[:5000]} if reason else {}
         if note is None and reason and status != "FINISHED":
             note = f"{status.lower()}: {(reason.strip().splitlines() or [''])[0][:300]}"
         if note:

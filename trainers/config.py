@@ -27,10 +27,22 @@ class SpecError(ValueError):
     """A spec value is wrong; the message is one line: ``field.path: what is wrong and how to fix it``."""
 
 
-class Section(BaseModel):
-    """A spec section: unknown keys are errors, assignments are validated."""
+SEED_LIMIT = 2**32  # seeds are 32-bit: numpy's limit, and trainers.data mixes 32-bit words of them
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+class Section(BaseModel):
+    """A spec section: unknown keys are errors, assignments are validated, numbers are finite (YAML's
+    ``.inf``/``.nan`` would pass every ``gt=0`` bound)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
+
+
+def distinct(values: list[Any]) -> list[Any]:
+    """A list whose values are all different (a repeated grid value or seed would run the same trial twice)."""
+    repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+    if repeated:
+        raise ValueError(f"{repeated[0]!r} is listed more than once, got {values}; list each value once")
+    return values
 
 
 class ModelSpec(Section):
@@ -86,9 +98,13 @@ class DataSpec(Section):
     train_size: int = Field(2048, gt=0)
     test_size: int = Field(1024, gt=0)
     noise: float = Field(0.9, ge=0)
-    data_seed: int = 0
+    data_seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     # Train accuracy is measured in eval mode on a fixed subset of the training set this large.
     train_eval_size: int = Field(1024, gt=0)
+    # Folder data: the preflight refuses a training split whose largest class has more than this many times
+    # the images of its smallest (ImageNet-1k: 1300 / 732 ≈ 1.8); a study of schemes compares accuracies
+    # that a heavily imbalanced set (a class linked in twice, say) would bias silently.
+    max_class_imbalance: float = Field(10.0, ge=1)
 
     @model_validator(mode="after")
     def _folder_needs_path(self) -> DataSpec:
@@ -99,6 +115,18 @@ class DataSpec(Section):
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"data.crop_scale: need 0 < min <= max <= 1, got {self.crop_scale}")
+        if self.kind == "generated":
+            if self.path:
+                raise ValueError(f"data.path: '{self.path}' is set but data.kind is 'generated', which reads no "
+                                 "files; set data.kind: folder to train on it, or remove data.path")
+            for field, size in (("train_size", self.train_size), ("test_size", self.test_size)):
+                if size < self.num_classes:
+                    raise ValueError(f"data.{field}: {size} samples cannot hold each of the {self.num_classes} "
+                                     f"classes once; use at least {self.num_classes} or fewer data.num_classes")
+        elif self.eval_resize < self.image_size:
+            raise ValueError(f"data.eval_resize: {self.eval_resize} is below data.image_size {self.image_size}, so the "
+                             "evaluation's centre crop would be padded with black; use eval_resize >= image_size "
+                             "(the paper: 256 for 224)")
         return self
 
 
@@ -116,7 +144,7 @@ class TrainingSpec(Section):
     epochs: float = Field(90, gt=0)  # He et al. 2016 ImageNet schedule
     max_steps: int | None = Field(None, ge=0)  # overrides epochs when set
     schedule: Literal["step", "cosine", "poly", "constant"] = "step"
-    step_epochs: list[float] = Field(default_factory=lambda: [30.0, 60.0, 80.0])  # ÷10 at each
+    step_epochs: list[float] = Field(default_factory=lambda: [30.0, 60.0, 80.0])  # ÷10 at each (increasing)
     step_gamma: float = Field(0.1, gt=0, le=1)
     poly_power: float = Field(2.0, gt=0)
     warmup_steps: int = Field(0, ge=0)
@@ -125,7 +153,7 @@ class TrainingSpec(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     dropout: float = Field(0.0, ge=0, lt=1)
     grad_clip_norm: float | None = Field(None, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     report_every: int = Field(10, gt=0)  # steps between reports (metrics, divergence decisions)
     eval_every: int = Field(0, ge=0)  # steps between evaluations; 0 = once per epoch
     checkpoint_every: int = Field(0, ge=0)  # steps between checkpoints; 0 = at each evaluation
@@ -134,6 +162,19 @@ class TrainingSpec(Section):
     compile: bool = False
     torch_threads: int = Field(0, ge=0)  # 0 = leave torch's default
 
+    @field_validator("step_epochs")
+    @classmethod
+    def _increasing_milestones(cls, v: list[float]) -> list[float]:
+        if any(e <= 0 for e in v) or any(b <= a for a, b in zip(v, v[1:], strict=False)):
+            raise ValueError(f"milestones must be > 0 and increasing, got {v}; e.g. [30, 60, 80]")
+        return v
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> TrainingSpec:
+        if self.nesterov and self.momentum == 0:  # torch.optim.SGD raises in every trial
+            raise ValueError("training.nesterov: Nesterov momentum needs training.momentum > 0; set momentum "
+                             "(e.g. 0.9) or nesterov: false")
+        return self
 
 
 class DivergenceSpec(Section):
@@ -176,8 +217,10 @@ def _error_text(err: ValidationError) -> str:
         return f"{loc}: must be one of {ctx.get('expected')}, got {got!r}"
     if typ == "too_short":
         return f"{loc}: must not be empty, got {got!r}"
+    if typ == "finite_number":
+        return f"{loc}: must be a finite number, got {got}; give a number"
     msg = str(e["msg"]).removeprefix("Value error, ")
-    if msg.startswith(loc.split(".")[0] + ".") or msg.startswith("data.path"):
+    if not loc or msg.startswith(loc.split(".")[0] + ".") or msg.startswith("data.path"):
         return msg  # the validator already named the field
     return f"{loc or 'spec'}: {msg}, got {got!r}" if typ not in ("value_error",) else f"{loc}: {msg}"
 

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,37 @@ def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     d.mkdir()
     monkeypatch.chdir(d)
     return d
+
+
+def foreign_db(path: Path) -> Path:
+    """Another program's SQLite database (two tables of its own, one row)."""
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    con.executescript("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT); CREATE TABLE orders (id INTEGER);"
+                      "INSERT INTO users (name) VALUES ('ada');")
+    con.commit()
+    con.close()
+    return path
+
+
+def half_made_store(path: Path) -> Path:
+    """What two processes migrating one new file at once left (seen for real, docs/reliability.md): an MLflow
+    store whose batch migration of ``experiments`` stopped with its copy ``_alembic_tmp_experiments`` in place,
+    at an older schema version; last changed a minute ago (no one is making it now)."""
+    import sqlite3
+
+    from study import store
+
+    store._create_schema(path)
+    con = sqlite3.connect(path)
+    con.executescript("CREATE TABLE _alembic_tmp_experiments (experiment_id INTEGER NOT NULL);"
+                      "UPDATE alembic_version SET version_num = 'c8d9e0f1a2b3';")
+    con.commit()
+    con.close()
+    old = time.time() - 60
+    os.utime(path, (old, old))
+    return path
 
 
 def written(cwd: Path) -> list[str]:

@@ -21,7 +21,7 @@ from study.cli import main
 from study.preflight import preflight
 from study.runner import resolve_paths
 from study.spec import SpecError
-from tests.reliability.conftest import TINY, cli_subprocess, closed_port, written
+from tests.reliability.conftest import TINY, cli_subprocess, closed_port, foreign_db, half_made_store, written
 
 # --------------------------------------------------------------------------------------------------
 # Spec errors: (id, YAML text of --spec or None, extra CLI args, what the line must start with)
@@ -68,6 +68,39 @@ SPEC_CASES = [
     ("set-through-value", None, ["--set", "training.lr.x=1"], "--set training.lr.x: 'lr' is not a section"),
     ("set-unknown-key", None, ["--set", "training.lrr=0.3"], "training.lrr: unknown key"),
     ("schemes-flag-unknown", None, ["--schemes", "bn,nope"], "schemes"),
+    # issue 23: values that parse but cannot mean a study, repeated YAML keys, the small messages
+    ("epochs-inf", "training: {epochs: .inf}", [], "training.epochs: must be a finite number"),
+    ("lr-nan", "training: {lr: .nan}", [], "training.lr: must be a finite number"),
+    ("yaml-repeated-key", "training:\n  lr: 0.1\n  lr: 0.2\n", [],
+     "{spec}: key 'lr' repeated at line 3 (first at line 2); keep one"),
+    ("yaml-repeated-section", "training: {lr: 0.1}\nmodel: {arch: resnet18}\ntraining: {lr: 0.2}\n", [],
+     "{spec}: key 'training' repeated at line 3 (first at line 1)"),
+    ("set-repeated-key", None, ["--set", "training={lr: 0.1, lr: 0.2}"],
+     "--set training: in the value, key 'lr' repeated"),
+    ("set-no-field", None, ["--set", "=3"], "--set =3: no field name before '='"),
+    ("set-empty-part", None, ["--set", "training..lr=3"], "--set training..lr=3: no field name"),
+    ("spec-is-a-folder", None, ["--spec", "{inp}"], "--spec: '{inp}' is a folder"),
+    ("repeated-seed", "search: {seeds: [0, 1, 0]}", [], "search.seeds: 0 is listed more than once"),
+    ("repeated-grid-lr", "search: {grid_lr: [0.1, 0.3, 0.1]}", [], "search.grid_lr: 0.1 is listed more than once"),
+    ("repeated-init-scale", "search: {grid_init_scale: [1, 1.0]}", [], "search.grid_init_scale: 1"),
+    ("negative-seed", "training: {seed: -1}", [], "training.seed: must be >= 0"),
+    ("seed-beyond-32-bit", "search: {seeds: [4294967296]}", [], "search.seeds: seeds must be in [0, 2**32)"),
+    ("negative-data-seed", "data: {data_seed: -3}", [], "data.data_seed: must be >= 0"),
+    ("zero-steps", "training: {max_steps: 0}", [], "training.max_steps: 0 steps train nothing"),
+    ("nesterov-without-momentum", "training: {nesterov: true, momentum: 0}", [],
+     "training.nesterov: Nesterov momentum needs training.momentum > 0"),
+    ("milestones-not-increasing", "training: {step_epochs: [60, 30]}", [],
+     "training.step_epochs: milestones must be > 0 and increasing"),
+    ("path-with-generated-data", "data: {path: /srv/imagenet}", [],
+     "data.path: '/srv/imagenet' is set but data.kind is 'generated'"),
+    ("fewer-samples-than-classes", "data: {num_classes: 10, test_size: 5}", [],
+     "data.test_size: 5 samples cannot hold each of the 10 classes"),
+    ("eval-resize-below-crop", "data: {kind: folder, path: /srv/x, image_size: 224, eval_resize: 200}", [],
+     "data.eval_resize: 200 is below data.image_size 224"),
+    ("resources-cpu-key", "scaling: {resources_per_worker: {CPU: 2}}", [], "scaling.resources_per_worker: 'CPU'"),
+    ("resources-zero-amount", "scaling: {resources_per_worker: {ddp_node: 0}}", [],
+     "scaling.resources_per_worker: 'ddp_node': 0.0 is not a positive amount"),
+    ("class-imbalance-below-one", "data: {max_class_imbalance: 0.5}", [], "data.max_class_imbalance: must be >= 1"),
 ]
 
 
@@ -180,8 +213,22 @@ PREFLIGHT_CASES = [
     ("space-grid-without-lr", lambda inp: _space(
         inp, "dropout: {min: 0.0, max: 0.5, default: 0.0, target: training.dropout}\n"),
      "search.space_dir: the space of scheme 'bn' has no lr"),
-    ("epochs-inf", lambda inp: ["training.epochs=.inf"], "training.epochs: must be a finite number"),
-    ("lr-inf", lambda inp: ["training.lr=.inf"], "training.lr: must be a finite number"),
+    # issue 23: another program's database, a half-made store, a run too short for its settings, a machine
+    # too small for one worker
+    ("uri-foreign-sqlite", lambda inp: [f"tracking.tracking_uri=sqlite:///{foreign_db(inp / 'app.db')}"],
+     "tracking.tracking_uri: '{inp}/app.db' is a SQLite database but not an MLflow store (it has tables orders, "
+     "users); nothing was written to it"),
+    ("uri-half-made-store", lambda inp: [f"tracking.tracking_uri=sqlite:///{half_made_store(inp / 'half.db')}"],
+     "tracking.tracking_uri: '{inp}/half.db' is an MLflow store left half-made by an interrupted schema migration "
+     "(_alembic_tmp_experiments); it holds no runs: remove it"),
+    ("warmup-whole-run", lambda inp: ["training.warmup_steps=12"],
+     "training.warmup_steps: 12 warm-up steps cover the whole run of 12 steps"),
+    ("initial-steps-whole-run", lambda inp: ["divergence.initial_steps=20"],
+     "divergence.initial_steps: the initial loss is averaged over 20 steps but the run has 12"),
+    ("threads-beyond-node", lambda inp: ["training.torch_threads=4096"], "training.torch_threads: 4096 threads"),
+    ("memory-beyond-node", lambda inp: ["model.arch=resnet18", "data.image_size=224", "data.train_size=4096",
+                                        "training.batch_size=4096"],
+     "training.batch_size: one worker of a trial needs about"),
     ("metric-unknown", lambda inp: ["search.metric=accuracy"], "search.metric: 'accuracy'"),
     ("metric-direction", lambda inp: ["search.metric=test_loss"], "search.mode_direction:"),
 ]
@@ -200,7 +247,7 @@ def test_preflight_refuses_before_writing(case, tmp_path, cwd, monkeypatch):
     """Fast: the same checks against a faked 2-CPU cluster (the CLI path is the integration test below)."""
     import ray
 
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "memory": 8 * 2**30})
     inp = tmp_path / "in"
     inp.mkdir()
     overrides = [a for a in _preflight_args(case, inp)[2:] if a != "--set"]

@@ -61,6 +61,14 @@ class FolderSplits:
     train_root: Path
     val_root: Path
     skipped: int = 0  # non-image files left out of both splits (logged by the scan)
+    duplicates: int = 0  # files reached again through a link in the same class, listed once (logged)
+
+    def class_counts(self, split: str = "train") -> dict[str, int]:
+        """Images per class name in ``split`` ("train" or "val")."""
+        counts = dict.fromkeys(self.classes, 0)
+        for _, label in self.train if split == "train" else self.val:
+            counts[self.classes[label]] += 1
+        return counts
 
 
 def scan_folder(data: DataSpec, *, verify: bool = False) -> FolderSplits:
@@ -94,16 +102,20 @@ def scan_folder(data: DataSpec, *, verify: bool = False) -> FolderSplits:
             f"(only in train: {_few(only_train)}; only in val: {_few(only_val)}); "
             "both splits need the same class sub-folders"
         )
-    train, skipped_train = _samples(train_root, class_to_idx)
-    val, skipped_val = _samples(val_root, class_to_idx)
+    walk = _Walk()
+    train, skipped_train = walk.samples(train_root, class_to_idx)
+    val, skipped_val = walk.samples(val_root, class_to_idx)
     skipped = skipped_train + skipped_val
     if skipped:
         log.warning("data: skipped %d non-image file(s) under %s (e.g. %s); only %s files are read",
                     len(skipped), root, _few([str(Path(p).relative_to(root)) for p in skipped], 3),
                     "/".join(IMG_EXTENSIONS))
+    if walk.duplicates:
+        log.warning("data: %d image file(s) reached a second time through a link were counted once (e.g. %s is %s)",
+                    len(walk.duplicates), *walk.duplicates[0])
     if verify:
         verify_images([p for p, _ in train] + [p for p, _ in val])
-    return FolderSplits(tuple(train_classes), train, val, train_root, val_root, len(skipped))
+    return FolderSplits(tuple(train_classes), train, val, train_root, val_root, len(skipped), len(walk.duplicates))
 
 
 def _classes(split: Path) -> tuple[list[str], dict[str, int]]:
@@ -115,26 +127,87 @@ def _classes(split: Path) -> tuple[list[str], dict[str, int]]:
         ) from None
 
 
-def _samples(split: Path, class_to_idx: dict[str, int]) -> tuple[tuple[tuple[str, int], ...], list[str]]:
-    """``(path, label)`` in torchvision's ``make_dataset`` order, and the non-image files skipped."""
-    samples: list[tuple[str, int]] = []
-    skipped = [str(e.path) for e in os.scandir(split) if not e.is_dir()]  # files beside the class folders
-    for name in sorted(class_to_idx):
-        label, folder, found = class_to_idx[name], split / name, 0
-        for top, _, fnames in sorted(os.walk(folder, followlinks=True)):
-            for fname in sorted(fnames):
-                path = os.path.join(top, fname)
-                if has_file_allowed_extension(path, IMG_EXTENSIONS):
+class _Walk:
+    """One scan's listing of both splits, each file and folder counted once (docs/reliability.md, links).
+
+    Links are followed, into or out of the tree, but a file or folder is identified by what it is (device
+    and inode of its target), not by its path: a file (or folder) reached a second time in the **same class
+    of the same split** — a link to a sibling, a folder link back into the class, a hard link — is listed
+    once (counted in ``duplicates``, logged once); reached again in **another class or the other split**, it
+    is an error naming both paths (one image cannot have two labels, and a test image must not be trained
+    on). A link cycle is walked once. Regular files need no ``stat`` (``scandir`` gives their inode), so
+    the listing costs one ``stat`` per folder and per link.
+    """
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[int, int], tuple[str, str]] = {}  # (dev, inode) -> (first path, "split/class")
+        self.duplicates: list[tuple[str, str]] = []  # (path, the first path of the same file)
+
+    def samples(self, split: Path, class_to_idx: dict[str, int]) -> tuple[tuple[tuple[str, int], ...], list[str]]:
+        """``(path, label)`` in torchvision's ``make_dataset`` order, and the non-image files skipped."""
+        samples: list[tuple[str, int]] = []
+        skipped = [str(e.path) for e in os.scandir(split) if not e.is_dir()]  # files beside the class folders
+        for name in sorted(class_to_idx):
+            label, folder, found = class_to_idx[name], split / name, 0
+            where = f"{split.name}/{name}"
+            for entry, dev in self._files(folder, where):
+                path = entry.path
+                if not has_file_allowed_extension(path, IMG_EXTENSIONS):
+                    skipped.append(path)
+                    continue
+                if self._first(self._identity(entry, dev), path, where):
                     samples.append((path, label))
                     found += 1
-                else:
-                    skipped.append(path)
-        if not found:
-            raise FileNotFoundError(
-                f"data: class folder '{folder}' has no image files ({'/'.join(IMG_EXTENSIONS)}); add its "
-                "images or remove the folder from both splits"
-            )
-    return tuple(samples), sorted(skipped)
+            if not found:
+                raise FileNotFoundError(
+                    f"data: class folder '{folder}' has no image files ({'/'.join(IMG_EXTENSIONS)}); add its "
+                    "images or remove the folder from both splits"
+                )
+        return tuple(samples), sorted(skipped)
+
+    def _files(self, folder: Path, where: str) -> list[tuple[os.DirEntry, int]]:
+        """Every file under ``folder`` with its folder's device, in ``sorted(os.walk(folder))`` order; a
+        folder already walked (a link cycle, a second link to it) is not walked again."""
+        listed: list[tuple[str, list[os.DirEntry], int]] = []
+        stack = [str(folder)]
+        while stack:
+            top = stack.pop()
+            try:
+                st = os.stat(top)
+                entries = sorted(os.scandir(top), key=lambda e: e.name)
+            except OSError as err:
+                raise ValueError(f"data: cannot list '{top}' ({err.strerror}); fix the folder or its "
+                                 "permissions") from None
+            if not self._first((st.st_dev, st.st_ino), top, where):
+                continue
+            listed.append((top, [e for e in entries if not e.is_dir()], st.st_dev))
+            stack.extend(e.path for e in reversed(entries) if e.is_dir())
+        listed.sort(key=lambda item: item[0])
+        return [(e, dev) for _, files, dev in listed for e in files]
+
+    @staticmethod
+    def _identity(entry: os.DirEntry, dev: int) -> tuple[int, int]:
+        if not entry.is_symlink():
+            return dev, entry.inode()
+        try:
+            st = os.stat(entry.path)
+        except OSError:
+            raise ValueError(f"data: '{entry.path}' is a link to a missing file ({os.readlink(entry.path)}); "
+                             "remove the link or restore its target") from None
+        return st.st_dev, st.st_ino
+
+    def _first(self, key: tuple[int, int], path: str, where: str) -> bool:
+        """True the first time a file or folder is met; False (a duplicate) when met again in the same class;
+        an error when met again in another class or split."""
+        first = self.seen.setdefault(key, (path, where))
+        if first == (path, where):
+            return True
+        if first[1] != where:
+            raise ValueError(f"data: '{path}' (in {where}) is the same file or folder as '{first[0]}' (in "
+                             f"{first[1]}), through a link; an image cannot be in two classes or splits, "
+                             "remove the link")
+        self.duplicates.append((path, first[0]))
+        return False
 
 
 def verify_images(paths: Sequence[str]) -> None:
@@ -211,5 +284,6 @@ def _few(names: list[str], n: int = 5) -> str:
 
 def describe(loader: str, splits: FolderSplits, data: DataSpec) -> str:
     skipped = f", {splits.skipped} non-image files skipped" if splits.skipped else ""
+    skipped += f", {splits.duplicates} linked duplicates counted once" if splits.duplicates else ""
     return (f"folder ({loader}): {len(splits.classes)} classes, {len(splits.train)} train / "
             f"{len(splits.val)} val, {data.image_size} px, {splits.train_root.parent}{skipped}")
