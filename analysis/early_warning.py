@@ -1,25 +1,44 @@
-"""Early warning: how long before a divergence did the monitor's statistics say so, and how often did
-the same warnings fire on trials that stayed stable?
+"""Early warning: which monitor signal says a trial will diverge, how long before, at what false-alarm
+rate — with thresholds that were never fitted on the trials they are scored on.
 
-A signal *warns* at the first logged step where it passes its threshold (a non-finite value always
-passes). All thresholds live in :class:`Thresholds` (documented in docs/report.md):
+**Trials** (the one outcome rule, :mod:`trainers.outcome`): *positives* are the diverged trials (they have
+a divergence step to warn before); *negatives* the stable ones. The other failures (collapsed, stalled:
+finite to the end) have no divergence step, so no lead time, and are not stable, so a warning on them is
+no false alarm: they enter neither rate (how many of them a signal fired on is reported beside). Errored
+and unfinished trials enter nothing.
 
-- ``grad_norm``: above ``grad_norm_rel`` × its median over the baseline window — the first
-  ``baseline_frac`` of the trial's logged steps (at least one point); only steps after the window count;
-- ``update_ratio_max`` (largest layer's ‖Δw‖/‖w‖): above ``update_ratio_max``;
-- ``spike_ratio`` (loss / its EMA): above ``spike_ratio``;
-- ``sharpness_lr`` (top Hessian eigenvalue × the step's lr; where sharpness was measured): above
-  ``sharpness_lr`` (gradient descent's edge of stability is sharpness = 2/lr).
+**Scores** per trial and step: :mod:`analysis.warning_signals` (a diverged trial's steps strictly before
+its divergence step). A trial's *peak* is its largest score. ``any`` puts every signal on one scale — a
+score's rank among the training folds' stable peaks of that signal (their empirical distribution
+function) — and takes the largest over the signals logged at that step.
 
-For a diverged trial the *lead time* is divergence step − first warning step, counted only when the
-warning came strictly before the divergence step. For a stable trial any warning is a *false alarm*.
-Outcomes are the one rule's (``TrialData.outcome``, :mod:`trainers.outcome`): collapsed trials (finite at
-chance) are failures, so they count neither way, and errored or unfinished trials enter no rate.
-The ``any`` signal is the earliest warning of all signals measured on the trial.
+**Thresholds by cross-validation over trials.** The trials are split into ``FOLDS`` folds *by
+configuration* (scheme and every hyperparameter but the seed), so the seeds of one configuration are
+always on the same side; configurations are dealt to folds greedily to balance diverged and stable trials.
+For each fold the threshold of a signal is fitted on the other folds alone: the lowest value that at most
+``TARGET_FALSE_ALARM_RATE`` of their stable trials' peaks exceed (the ⌈(1 − α)n⌉-th smallest of n peaks;
+lowest, so the most sensitive rule that meets the target). The held-out fold is then scored with it: a
+trial *warns* at its first step whose score is above the threshold. ``threshold`` in the output is the
+same rule fitted on all stable trials: the one to use on new runs (the cross-validated rates estimate how
+it does).
 
-Uncertainty (95%): detection and false-alarm rates carry Wilson score intervals over the trials they
-count; the median lead time carries the distribution-free order-statistic interval of a median (ranks
-from the Binomial(n, ½) quantiles; [min, max] when n is too small for more).
+**Per signal**, pooled over the held-out folds:
+
+- detection rate = diverged trials warned before their divergence step / diverged trials with a score
+  (95% Wilson interval); diverged trials without a score before their divergence step (e.g. diverged
+  before the first sharpness probe) are counted apart as ``n_diverged_unmeasured``;
+- lead time = divergence step − first warning step over the warned trials: median, its 95%
+  distribution-free order-statistic interval (ranks from the Binomial(n, ½) quantiles; [min, max] when n
+  is too small for more), min and max;
+- false-alarm rate = held-out stable trials warned at all / stable trials with a score (Wilson);
+- ROC AUC of the peaks, diverged vs stable (Mann–Whitney: the chance that a diverged trial peaks higher
+  than a stable one, ties ½), with a 95% percentile bootstrap interval (``BOOTSTRAP`` resamples of the
+  trials within each class). Stable trials run to the end and diverged ones stop, so a stable trial has
+  more steps to peak on: the AUC leans against the signal, never for it.
+
+**Too few.** With fewer than ``MIN_DIVERGED`` diverged or ``MIN_STABLE`` stable trials scored on a signal
+(or fewer than two configurations to fold), the signal gets counts and a ``too_few`` sentence, no rate.
+Per scheme, the same held-out verdicts are counted over the scheme's trials (no AUC).
 """
 
 from __future__ import annotations
@@ -27,107 +46,60 @@ from __future__ import annotations
 import bisect
 import math
 import statistics
-from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from scipy import stats as sps
 
 from analysis.collect import Curve, TrialData
 from analysis.intervals import LEVEL, wilson
-from trainers.outcome import DIVERGED, STABLE
+from analysis.warning_signals import DESCRIPTIONS, SIGNALS, divergence_step, first_past, scores
+from trainers.outcome import DIVERGED, STABLE, is_failure
 
-
-@dataclass(frozen=True)
-class Thresholds:
-    grad_norm_rel: float = 10.0  # × the median grad_norm over the baseline window
-    baseline_frac: float = 0.1  # the baseline window: this share of the trial's logged steps
-    update_ratio_max: float = 0.1
-    spike_ratio: float = 2.0
-    sharpness_lr: float = 2.0
-
-    def describe(self) -> dict[str, str]:
-        return {
-            "grad_norm": f"grad_norm > {self.grad_norm_rel:g}× its median over the first "
-            f"{self.baseline_frac:.0%} of logged steps",
-            "update_ratio_max": f"update_ratio_max > {self.update_ratio_max:g}",
-            "spike_ratio": f"spike_ratio > {self.spike_ratio:g}",
-            "sharpness_lr": f"sharpness × lr > {self.sharpness_lr:g}",
-            "any": "the earliest of the signals above",
-        }
-
-
-THRESHOLDS = Thresholds()
-SIGNALS = ("grad_norm", "update_ratio_max", "spike_ratio", "sharpness_lr")
+TARGET_FALSE_ALARM_RATE = 0.10  # of stable trials, per signal
+FOLDS = 5
+MIN_DIVERGED, MIN_STABLE = 5, 10
+BOOTSTRAP, BOOTSTRAP_SEED = 2000, 0
 ANY = "any"
+ALL_SIGNALS = (*SIGNALS, ANY)
+GROUPING = "configuration: scheme and every hyperparameter but the seed"
 
-
-def _first_past(steps: Iterable[int], values: Iterable[float], limit: float) -> int | None:
-    for s, v in zip(steps, values, strict=True):
-        if not math.isfinite(v) or v > limit:
-            return s
-    return None
-
-
-def _lr_at(trial: TrialData, step: int) -> float | None:
-    lr = trial.curves.get("lr")
-    if lr is not None and len(lr):
-        i = bisect.bisect_right(lr.steps, step) - 1
-        return lr.values[max(i, 0)]
-    return trial.lr
-
-
-def first_warning(trial: TrialData, signal: str, th: Thresholds = THRESHOLDS) -> tuple[bool, int | None]:
-    """(measured, step of the first warning or None) of one signal on one trial."""
-    if signal == ANY:
-        found = [first_warning(trial, s, th) for s in SIGNALS]
-        steps = [step for measured, step in found if measured and step is not None]
-        return any(m for m, _ in found), (min(steps) if steps else None)
-    if signal == "sharpness_lr":
-        sharp = trial.curves.get("sharpness")
-        if sharp is None or not len(sharp):
-            return False, None
-        products = [v * (_lr_at(trial, s) or math.nan) for s, v in zip(sharp.steps, sharp.values, strict=True)]
-        return True, _first_past(sharp.steps, products, th.sharpness_lr)
-    curve: Curve | None = trial.curves.get(signal)
-    if curve is None or not len(curve):
-        return False, None
-    if signal == "grad_norm":
-        k = max(1, math.ceil(th.baseline_frac * len(curve)))
-        base = [v for v in curve.values[:k] if math.isfinite(v)]
-        if not base or statistics.median(base) <= 0:
-            return False, None
-        return True, _first_past(curve.steps[k:], curve.values[k:], th.grad_norm_rel * statistics.median(base))
-    limit = {"update_ratio_max": th.update_ratio_max, "spike_ratio": th.spike_ratio}[signal]
-    return True, _first_past(curve.steps, curve.values, limit)
-
-
-def divergence_step(trial: TrialData) -> int | None:
-    """The recorded divergence step, else the last step of the loss curve."""
-    if trial.divergence_step is not None:
-        return trial.divergence_step
-    loss = trial.curves.get("loss")
-    return loss.steps[-1] if loss is not None and len(loss) else None
+__all__ = ["ALL_SIGNALS", "ANY", "FOLDS", "SIGNALS", "TARGET_FALSE_ALARM_RATE", "EarlyWarning", "SignalStats",
+           "assign_folds", "divergence_step", "evaluate", "median_interval", "roc_auc", "threshold_for"]
 
 
 @dataclass
 class SignalStats:
-    n_diverged: int = 0  # diverged trials where the signal was measured
-    n_warned: int = 0  # ... that it warned strictly before the divergence step
+    n_diverged: int = 0  # diverged trials with a score before their divergence step
+    n_warned: int = 0  # ... warned strictly before it
     detection_rate: float | None = None
+    detection_rate_ci: list[float] | None = None  # 95% Wilson
     lead_steps: list[int] = field(default_factory=list)
     lead_median: float | None = None
+    lead_median_ci: list[float] | None = None  # 95% order-statistic interval of the median
     lead_min: int | None = None
     lead_max: int | None = None
-    n_stable: int = 0  # stable trials where the signal was measured
+    n_stable: int = 0  # stable trials with a score
     n_false_alarms: int = 0
     false_alarm_rate: float | None = None
-    detection_rate_ci: list[float] | None = None  # 95% Wilson
     false_alarm_rate_ci: list[float] | None = None  # 95% Wilson
-    lead_median_ci: list[float] | None = None  # 95% order-statistic interval of the median
+    n_other_failures: int = 0  # collapsed or stalled trials with a score: neither rate
+    n_other_warned: int = 0
+    n_diverged_unmeasured: int = 0  # diverged with no score before the divergence step
+    auc: float | None = None
+    auc_ci: list[float] | None = None  # 95% percentile bootstrap
+    threshold: float | None = None  # fitted on every stable trial: for new runs
+    fold_thresholds: list[float | None] = field(default_factory=list)  # fitted on each fold's training folds
+    too_few: str | None = None
 
     def finish(self) -> SignalStats:
+        """Rates and intervals from the counts; none when the signal has too few trials."""
+        if self.too_few:
+            self.lead_steps = []
+            return self
         if self.n_diverged:
             self.detection_rate = self.n_warned / self.n_diverged
             self.detection_rate_ci = list(wilson(self.n_warned, self.n_diverged))
@@ -141,67 +113,260 @@ class SignalStats:
         return self
 
 
-def median_interval(values: list[int] | list[float]) -> list[float]:
-    """95% distribution-free interval for the median: order statistics x_(k) and x_(n−k+1), k from the
-    Binomial(n, ½) lower quantile; [min, max] while n is too small for a narrower interval."""
-    xs, n = sorted(values), len(values)
-    k = int(sps.binom.ppf((1 - LEVEL) / 2, n, 0.5))  # P(X ≤ k−1) ≤ 2.5% for the rank below
-    k = max(k, 1)
-    return [float(xs[k - 1]), float(xs[n - k])]
-
-
 @dataclass
 class EarlyWarning:
-    thresholds: dict[str, float]
-    signals: dict[str, str]  # signal -> its rule in words
+    target_false_alarm_rate: float
+    folds: int  # folds actually used (≤ FOLDS: at most one a configuration)
+    grouping: str
+    min_diverged: int
+    min_stable: int
+    counts: dict[str, int]  # diverged, stable, other_failures (collapsed, stalled), excluded (errored, unfinished)
+    signals: dict[str, str]  # signal -> its score in words
     per_signal: dict[str, SignalStats]
     per_scheme: dict[str, dict[str, SignalStats]]
     recommended: dict[str, str | None]  # "all" and each scheme -> the signal to watch
     trials: list[dict[str, Any]]  # one record a diverged trial
 
 
+# --------------------------------------------------------------------------------------------------
+# building blocks
+
+
+def median_interval(values: list[int] | list[float]) -> list[float]:
+    """95% distribution-free interval for the median: order statistics x_(k) and x_(n−k+1), k from the
+    Binomial(n, ½) lower quantile; [min, max] while n is too small for a narrower interval."""
+    xs, n = sorted(values), len(values)
+    k = max(int(sps.binom.ppf((1 - LEVEL) / 2, n, 0.5)), 1)  # P(X ≤ k−1) ≤ 2.5% for the rank below
+    return [float(xs[k - 1]), float(xs[n - k])]
+
+
+def threshold_for(stable_peaks: Iterable[float], target: float = TARGET_FALSE_ALARM_RATE) -> float | None:
+    """The lowest threshold that at most ``target`` of these peaks exceed: of n peaks sorted ascending, the
+    (n − ⌊target·n⌋)-th. None without a peak."""
+    xs = sorted(stable_peaks)
+    if not xs:
+        return None
+    allowed = math.floor(target * len(xs) + 1e-9)
+    return xs[len(xs) - allowed - 1]
+
+
+def roc_auc(pos: list[float], neg: list[float]) -> float | None:
+    """P(a positive's score > a negative's) + ½ P(tie) (Mann–Whitney); None without both classes."""
+    if not pos or not neg:
+        return None
+    return float(_wins(pos, neg).mean())
+
+
+def _wins(pos: list[float], neg: list[float]) -> np.ndarray:
+    p, q = np.asarray(pos, dtype=float)[:, None], np.asarray(neg, dtype=float)[None, :]
+    return (p > q) + 0.5 * (p == q)
+
+
+def auc_interval(pos: list[float], neg: list[float], reps: int = BOOTSTRAP) -> list[float] | None:
+    """95% percentile bootstrap interval of :func:`roc_auc`, resampling trials within each class."""
+    if not pos or not neg:
+        return None
+    wins = _wins(pos, neg)
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    cp = rng.multinomial(len(pos), np.full(len(pos), 1 / len(pos)), size=reps)  # counts of each positive
+    cn = rng.multinomial(len(neg), np.full(len(neg), 1 / len(neg)), size=reps)
+    aucs = np.einsum("bi,ij,bj->b", cp, wins, cn) / (len(pos) * len(neg))
+    lo, hi = np.quantile(aucs, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+    return [float(lo), float(hi)]
+
+
+def config_key(t: TrialData) -> tuple:
+    """The configuration a trial is a seed of: its scheme and every sampled hyperparameter but the seed."""
+    return (t.scheme, tuple(sorted((k, repr(v)) for k, v in t.hp.items())))
+
+
+def assign_folds(groups: dict[Any, Counter], k: int = FOLDS) -> tuple[dict[Any, int], int]:
+    """Deal configurations to ``min(k, len(groups))`` folds: those with diverged trials first, each to the fold
+    with the fewest diverged (then stable) trials so far; the rest by stable count. ``groups``: key ->
+    Counter of its trials' kinds. Deterministic. Returns (key -> fold, number of folds)."""
+    k = min(k, len(groups))
+    load = [Counter() for _ in range(k)]
+    order = sorted(groups, key=lambda g: (-groups[g]["diverged"], -groups[g]["stable"], repr(g)))
+    fold_of = {}
+    for g in order:
+        first, second = ("diverged", "stable") if groups[g]["diverged"] else ("stable", "diverged")
+        f = min(range(k), key=lambda i: (load[i][first], load[i][second], sum(load[i].values()), i))
+        fold_of[g] = f
+        load[f].update(groups[g])
+    return fold_of, k
+
+
+# --------------------------------------------------------------------------------------------------
+# the trials, scored
+
+
+@dataclass
+class _Trial:
+    data: TrialData
+    kind: str  # "diverged" | "stable" | "other" (collapsed, stalled)
+    fold: int
+    div: int | None
+    curves: dict[str, Curve]  # signal -> the scores that can warn
+    peaks: dict[str, float]
+
+
+class _AnyRule:
+    """``any`` for one fold: each signal's score as its rank among the training stable peaks."""
+
+    def __init__(self, train_stable: list[_Trial]) -> None:
+        ranked = {s: sorted(t.peaks[s] for t in train_stable if s in t.peaks) for s in SIGNALS}
+        self.ranked = {s: xs for s, xs in ranked.items() if xs}
+
+    def level(self, signal: str, x: float) -> float:
+        """The share of training stable peaks strictly below ``x``: 1 only above all of them (a stable trial's
+        own peak does not count against itself, so the threshold below 1 stays reachable)."""
+        xs = self.ranked[signal]
+        return bisect.bisect_left(xs, x) / len(xs)
+
+    def curve(self, t: _Trial) -> Curve | None:
+        worst: dict[int, float] = {}
+        for s, c in t.curves.items():
+            if s in self.ranked:
+                for step, v in zip(c.steps, c.values, strict=True):
+                    worst[step] = max(worst.get(step, 0.0), self.level(s, v))
+        steps = sorted(worst)
+        return Curve(tuple(steps), tuple(worst[s] for s in steps)) if steps else None
+
+    def peak(self, t: _Trial) -> float | None:
+        levels = [self.level(s, p) for s, p in t.peaks.items() if s in self.ranked]
+        return max(levels) if levels else None
+
+
+@dataclass
+class _Verdict:
+    threshold: float | None
+    first: int | None  # first warning step (None: no warning)
+    peak: float
+
+
+def _cross_validate(pool: list[_Trial], k: int, signal: str, target: float) -> tuple[dict[int, _Verdict],
+                                                                                       list[float | None]]:
+    """Held-out verdicts (pool index -> verdict; trials without a score are absent) and each fold's threshold."""
+    verdicts, thresholds = {}, []
+    for f in range(k):
+        train = [t for t in pool if t.kind == "stable" and t.fold != f]
+        curve_of, peak_of = _scorer(signal, train)
+        tau = threshold_for(p for p in map(peak_of, train) if p is not None)
+        thresholds.append(tau)
+        for i, t in enumerate(pool):
+            if t.fold != f or tau is None:
+                continue
+            c = curve_of(t)
+            if c is not None:
+                verdicts[i] = _Verdict(tau, first_past(c, tau), peak_of(t))
+    return verdicts, thresholds
+
+
+def _scorer(signal: str, train_stable: list[_Trial]) -> tuple[Callable[[_Trial], Curve | None],
+                                                               Callable[[_Trial], float | None]]:
+    if signal == ANY:
+        rule = _AnyRule(train_stable)
+        return rule.curve, rule.peak
+    return (lambda t: t.curves.get(signal)), (lambda t: t.peaks.get(signal))
+
+
+def _pool(trials: Iterable[TrialData], folds: int) -> tuple[list[_Trial], int, Counter]:
+    counts: Counter = Counter(diverged=0, stable=0, other_failures=0, excluded=0)
+    kept = []
+    for t in trials:
+        o = t.outcome
+        kind = "diverged" if o == DIVERGED else "stable" if o == STABLE else "other" if is_failure(o) else None
+        div = divergence_step(t) if kind == "diverged" else None
+        if kind is None or (kind == "diverged" and div is None):
+            counts["excluded"] += 1
+            continue
+        counts["other_failures" if kind == "other" else kind] += 1
+        curves = {s: c for s in SIGNALS if (c := scores(t, s)) is not None}
+        kept.append((t, kind, div, curves))
+    groups: dict[Any, Counter] = defaultdict(Counter)
+    for t, kind, _, _ in kept:
+        groups[config_key(t)][kind] += 1
+    fold_of, k = assign_folds(groups, folds)
+    pool = [_Trial(t, kind, fold_of[config_key(t)], div, curves, {s: max(c.values) for s, c in curves.items()})
+            for t, kind, div, curves in kept]
+    return pool, k, counts
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation
+
+
+def _tally(st: SignalStats, t: _Trial, v: _Verdict | None) -> None:
+    if v is None:
+        st.n_diverged_unmeasured += t.kind == "diverged"
+        return
+    if t.kind == "diverged":
+        st.n_diverged += 1
+        if v.first is not None:
+            st.n_warned += 1
+            st.lead_steps.append(t.div - v.first)
+    elif t.kind == "stable":
+        st.n_stable += 1
+        st.n_false_alarms += v.first is not None
+    else:
+        st.n_other_failures += 1
+        st.n_other_warned += v.first is not None
+
+
+def _too_few(st: SignalStats, k: int) -> str | None:
+    if k < 2:
+        return "fewer than two configurations to cross-validate over"
+    if st.n_diverged < MIN_DIVERGED or st.n_stable < MIN_STABLE:
+        return (f"too few trials: {st.n_diverged} diverged and {st.n_stable} stable trials scored "
+                f"(at least {MIN_DIVERGED} and {MIN_STABLE} needed)")
+    return None
+
+
+def evaluate(trials: Iterable[TrialData], target: float = TARGET_FALSE_ALARM_RATE,
+             folds: int = FOLDS) -> EarlyWarning:
+    """Every signal's cross-validated detection rate, lead time, false-alarm rate and AUC (module docstring)."""
+    pool, k, counts = _pool(trials, folds)
+    per_signal = {s: SignalStats() for s in ALL_SIGNALS}
+    per_scheme: dict[str, dict[str, SignalStats]] = defaultdict(lambda: {s: SignalStats() for s in ALL_SIGNALS})
+    records = {i: {"trial_id": t.data.trial_id, "scheme": t.data.scheme, "divergence_step": t.div, "fold": t.fold,
+                   "signals": {}} for i, t in enumerate(pool) if t.kind == "diverged"}
+    for s in ALL_SIGNALS:
+        verdicts, fold_thresholds = _cross_validate(pool, k, s, target)
+        st = per_signal[s]
+        for i, t in enumerate(pool):
+            v = verdicts.get(i)
+            _tally(st, t, v)
+            _tally(per_scheme[t.data.scheme][s], t, v)
+            if i in records:
+                records[i]["signals"][s] = {
+                    "measured": v is not None, "threshold": v.threshold if v else None,
+                    "first_warning_step": v.first if v else None,
+                    "lead_steps": t.div - v.first if v and v.first is not None else None}
+        st.too_few = _too_few(st, k)
+        if not st.too_few:
+            pos = [v.peak for i, v in verdicts.items() if pool[i].kind == "diverged"]
+            neg = [v.peak for i, v in verdicts.items() if pool[i].kind == "stable"]
+            st.auc, st.auc_ci = roc_auc(pos, neg), auc_interval(pos, neg)
+            st.fold_thresholds = fold_thresholds
+            _, peak_of = _scorer(s, [t for t in pool if t.kind == "stable"])
+            st.threshold = threshold_for(p for t in pool if t.kind == "stable" and (p := peak_of(t)) is not None)
+        for scheme_stats in per_scheme.values():
+            scheme_stats[s].too_few = st.too_few
+    for st in (*per_signal.values(), *(x for d in per_scheme.values() for x in d.values())):
+        st.finish()
+    recommended = {"all": recommend(per_signal)} | {k_: recommend(v) for k_, v in per_scheme.items()}
+    return EarlyWarning(target, k, GROUPING, MIN_DIVERGED, MIN_STABLE, dict(counts),
+                        {**DESCRIPTIONS, ANY: "the largest of the signals' ranks among the training folds' "
+                                              "stable peaks"},
+                        per_signal, dict(per_scheme), recommended, list(records.values()))
+
+
 def recommend(stats: dict[str, SignalStats]) -> str | None:
-    """The signal with the best detection rate − false-alarm rate (ties: the longer median lead)."""
+    """The single signal to watch: the best detection rate − false-alarm rate on held-out trials (ties: the
+    higher AUC, then the longer median lead); None while no signal has rates."""
     scored = [
-        (st.detection_rate - (st.false_alarm_rate or 0.0), st.lead_median or 0.0, name)
+        (st.detection_rate - (st.false_alarm_rate or 0.0), st.auc or 0.0, st.lead_median or 0.0, name)
         for name, st in stats.items()
         if name != ANY and st.detection_rate is not None
     ]
-    return max(scored)[2] if scored else None
-
-
-def evaluate(trials: Iterable[TrialData], th: Thresholds = THRESHOLDS) -> EarlyWarning:
-    signals = (*SIGNALS, ANY)
-    per_signal = {s: SignalStats() for s in signals}
-    per_scheme: dict[str, dict[str, SignalStats]] = defaultdict(lambda: {s: SignalStats() for s in signals})
-    records = []
-    for t in trials:
-        diverged = t.outcome == DIVERGED
-        if not diverged and t.outcome != STABLE:
-            continue  # collapsed (a failure): neither a detection nor a false alarm; errored, unfinished: no rate
-        div = divergence_step(t) if diverged else None
-        if diverged and div is None:
-            continue
-        rec = {"trial_id": t.trial_id, "scheme": t.scheme, "divergence_step": div, "signals": {}}
-        for s in signals:
-            measured, step = first_warning(t, s, th)
-            if not measured:
-                rec["signals"][s] = {"measured": False, "first_warning_step": None, "lead_steps": None}
-                continue
-            for st in (per_signal[s], per_scheme[t.scheme][s]):
-                if diverged:
-                    st.n_diverged += 1
-                    if step is not None and step < div:
-                        st.n_warned += 1
-                        st.lead_steps.append(div - step)
-                else:
-                    st.n_stable += 1
-                    st.n_false_alarms += step is not None
-            lead = div - step if diverged and step is not None and step < div else None
-            rec["signals"][s] = {"measured": True, "first_warning_step": step, "lead_steps": lead}
-        if diverged:
-            records.append(rec)
-    for st in (*per_signal.values(), *(x for d in per_scheme.values() for x in d.values())):
-        st.finish()
-    recommended = {"all": recommend(per_signal)} | {k: recommend(v) for k, v in per_scheme.items()}
-    return EarlyWarning(asdict(th), th.describe(), per_signal, dict(per_scheme), recommended, records)
+    return max(scored)[3] if scored else None

@@ -9,7 +9,8 @@ or collapsed: :class:`DivergenceMonitor`, a thin composition of four pieces, eac
   layer named for a divergence, plain Python on the host-side floats;
 * ``trainers.collapse`` (:class:`CollapseRule`, :class:`Collapse`, the ``COLLAPSE_*`` constants): the
   collapse rule, decided once after the final evaluation;
-* ``trainers.sharpness`` (``hessian_top_eigenvalue``): the sharpness probe.
+* ``trainers.sharpness`` (:class:`~trainers.sharpness.SharpnessProbe`): the sharpness probe, warm-started
+  from one probe to the next (Lanczos on Hessian-vector products; the edge-of-stability ratio).
 
 The training loop drives a :class:`DivergenceMonitor` around every optimizer step::
 
@@ -58,7 +59,7 @@ from trainers.collapse import (
 from trainers.config import DivergenceSpec
 from trainers.divergence_rules import Divergence, DivergenceRules, LayerAttribution
 from trainers.monitor_recorder import DetailStats, HostInterval, StepRecorder
-from trainers.sharpness import hessian_top_eigenvalue
+from trainers.sharpness import SharpnessProbe
 
 __all__ = ["COLLAPSE_CHANCE_MULTIPLE", "COLLAPSE_DEAD_FRAC", "COLLAPSE_LOSS_FRAC", "Collapse", "CollapseRule",
            "Divergence", "DivergenceMonitor", "MonitorReport"]
@@ -93,6 +94,7 @@ class DivergenceMonitor:
         self.attribution = LayerAttribution(self.param_names, [p.dim() for p in self.recorder.params])
         self.collapse_rule = CollapseRule(spec.collapse_chance_multiple, spec.collapse_dead_frac,
                                           spec.collapse_loss_frac)
+        self.sharpness = SharpnessProbe()  # keeps its vector between probes (not checkpointed)
         self._last_step = 0
         self.latest_update_ratio_layer = ""
         self.divergence: Divergence | None = None  # the first divergence ever found
@@ -193,13 +195,14 @@ class DivergenceMonitor:
     # ------------------------------------------------------------------ sharpness
     def hessian_top_eigenvalue(self, loss_fn: Callable[[], torch.Tensor], iters: int | None = None) -> float:
         """Top eigenvalue of the loss Hessian w.r.t. the trainable parameters (``trainers.sharpness``:
-        power iteration with Hessian-vector products, signed, deterministic). ``loss_fn`` recomputes the
-        loss on a fixed batch; ``iters`` defaults to ``spec.hessian_iters``. Syncs once per iteration (it is
-        called every ``hessian_every`` steps only). Activation hooks are disarmed meanwhile; ``loss_fn`` is
-        responsible for model mode (BN running stats, dropout)."""
+        ``iters`` Lanczos steps on Hessian-vector products, warm-started from this monitor's last probe;
+        deterministic). ``loss_fn`` recomputes the loss on a fixed batch; ``iters`` defaults to
+        ``spec.hessian_iters``. Cost: one gradient with its graph and ``iters`` products; two syncs a
+        product (it is called every ``hessian_every`` steps only). Activation hooks are disarmed meanwhile;
+        ``loss_fn`` is responsible for model mode (BN running stats, dropout)."""
         iters = self.spec.hessian_iters if iters is None else int(iters)
         with self.recorder.hooks_paused():
-            return hessian_top_eigenvalue(loss_fn, self.recorder.params, iters)
+            return self.sharpness(loss_fn, self.recorder.params, iters)
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
@@ -223,6 +226,7 @@ class DivergenceMonitor:
         div = state.get("divergence")
         self.divergence = Divergence(**div) if div else None
         self.collapse_rule.load_state_dict(state.get("collapse", {}))  # version 1: no collapse state
+        self.sharpness.reset()  # the warm-start vector is not checkpointed: the next probe starts cold
         self.recorder.discard_pending()
 
     @property
