@@ -2,9 +2,11 @@
 
 One file, :data:`CHECKPOINT_FILE`, in a fresh temporary directory that the loop reports to its session
 and then removes (the session copies or uploads it): the step, the unwrapped module's weights, the
-optimizer, the DivergenceMonitor's rule state and the three RNG states (torch CPU, NumPy, Python), so a
-resumed run draws the same dropout masks and ends with the uninterrupted run's weights. Only rank 0
-writes one (every rank holds the same weights under DDP).
+optimizer, the DivergenceMonitor's rule state and every random generator's state (:func:`rng_states`:
+torch's CPU generator, each CUDA device's, NumPy's, Python's), so a resumed run draws the same dropout
+masks and ends with the uninterrupted run's weights. Only rank 0 writes one (every rank holds the same
+weights under DDP); with several ranks it also holds every rank's generator states (``rank_rngs``,
+gathered by the loop), and each rank resumes its own streams.
 
 The checkpoint that goes out with a trial's summary also holds :data:`SUMMARY_FILE` (the summary as
 JSON); a diverged run's holds only that file — no diverged weights, so resuming from it starts afresh.
@@ -32,31 +34,55 @@ PREFIX = "normstudy-ckpt-"
 
 
 def save_checkpoint(step: int, module: nn.Module, optimizer: torch.optim.Optimizer, monitor: DivergenceMonitor,
-                    rank: int, extra: dict[str, Any] | None = None) -> str | None:
+                    rank: int, extra: dict[str, Any] | None = None,
+                    rank_rngs: list[dict[str, Any]] | None = None) -> str | None:
     """Rank 0: a new directory holding the state after ``step``; other ranks: None. Take it right after
     the monitor's ``flush`` (its state holds flushed steps only). ``extra``: the run's own small state
-    (its initial evaluation), handed back by :func:`load_checkpoint`."""
+    (its initial evaluation), handed back by :func:`load_checkpoint`. ``rank_rngs``: every rank's
+    :func:`rng_states`, in rank order (None with one rank: this process's own are saved)."""
     if rank != 0:
         return None
     d = tempfile.mkdtemp(prefix=PREFIX)
     torch.save({"step": step, "model": module.state_dict(), "optimizer": optimizer.state_dict(),
-                "monitor": monitor.state_dict(), "torch_rng": torch.get_rng_state(),
-                "numpy_rng": np.random.get_state(), "python_rng": random.getstate(), "extra": dict(extra or {})},
+                "monitor": monitor.state_dict(), **rng_states(), "rank_rngs": list(rank_rngs or []),
+                "extra": dict(extra or {})},
                os.path.join(d, CHECKPOINT_FILE))
     return d
 
 
-def load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
-                    monitor: DivergenceMonitor) -> tuple[int, dict[str, Any]]:
-    """Restore what :func:`save_checkpoint` wrote into these objects and the RNGs; returns the step and the
-    ``extra`` it was saved with."""
+def rng_states() -> dict[str, Any]:
+    """Every generator a step draws from: ``torch_rng`` (CPU), ``cuda_rng`` (one state per visible CUDA
+    device; empty while this process has not initialized CUDA, so nothing on a GPU has drawn yet),
+    ``numpy_rng``, ``python_rng``."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return {"torch_rng": torch.get_rng_state(), "cuda_rng": [s.cpu() for s in cuda],
+            "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}
+
+
+def restore_rng_states(state: dict[str, Any]) -> None:
+    """Set every generator :func:`rng_states` saved. CUDA states go to the devices of the same index (a
+    resumed worker sees as many as the one that saved, one GPU under Ray Train); a checkpoint from before
+    CUDA states were saved, or from a CPU run, leaves the CUDA generators as they are."""
+    torch.set_rng_state(state["torch_rng"])
+    cuda = list(state.get("cuda_rng") or [])
+    if cuda and torch.cuda.is_available():
+        for index, s in enumerate(cuda[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, index)
+    np.random.set_state(state["numpy_rng"])
+    random.setstate(state["python_rng"])
+
+
+def load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, monitor: DivergenceMonitor,
+                    rank: int = 0) -> tuple[int, dict[str, Any]]:
+    """Restore what :func:`save_checkpoint` wrote into these objects and ``rank``'s generators (its own
+    saved states, or the saving rank's where the checkpoint holds no per-rank ones); returns the step and
+    the ``extra`` it was saved with."""
     state = torch.load(path, map_location="cpu", weights_only=False)
     module.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     monitor.load_state_dict(state["monitor"])
-    torch.set_rng_state(state["torch_rng"])
-    np.random.set_state(state["numpy_rng"])
-    random.setstate(state["python_rng"])
+    ranks = state.get("rank_rngs") or []
+    restore_rng_states(ranks[rank] if rank < len(ranks) else state)
     return int(state["step"]), dict(state.get("extra") or {})
 
 

@@ -45,6 +45,7 @@ never calls ``.item()`` (tests/trainers/test_loop.py counts them).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from collections.abc import Iterator
@@ -62,6 +63,7 @@ from trainers.checkpoint import (
     load_checkpoint,
     remove_checkpoint,
     resume_file,
+    rng_states,
     save_checkpoint,
     summary_only_checkpoint,
     write_summary,
@@ -70,7 +72,7 @@ from trainers.config import TrainerConfig, TrainingSpec
 from trainers.data import DataBundle, build_data
 from trainers.divergence import DivergenceMonitor
 from trainers.evaluation import evaluate
-from trainers.inputs import batches, seed_everything, to_device
+from trainers.inputs import batches, prepare_device, seed_everything, shared_init_seed, to_device
 from trainers.models import build_model, data_dependent_init
 from trainers.optim import build_optimizer
 from trainers.run_logger import create_logger
@@ -125,6 +127,7 @@ class TrainingRun:
     initial_eval: dict[str, float] = field(default_factory=dict)  # train subset before the first step (stall rule)
     step_times: list[float] = field(default_factory=list)  # mean seconds a step, one per report interval
     final_checkpoint: str | None = None  # the last step's checkpoint: it goes out with the summary
+    checkpointed_step: int = -1  # the step of the latest checkpoint (every rank knows it; rank 0 holds it)
     interval_start: float = field(default_factory=time.perf_counter)
     interval_steps: int = 0
 
@@ -179,15 +182,17 @@ class TrainingRun:
 
 
 def setup(config: dict[str, Any], session: Session | None = None) -> TrainingRun:
-    """Everything before the first step: seeds, logger, data, scheme, model, optimizer, monitor, then
-    resume from the session's checkpoint or (fresh) the scheme's data-dependent init, then DDP and compile."""
+    """Everything before the first step: seeds, device settings, logger, data, scheme, model, optimizer,
+    monitor, then resume from the session's checkpoint or (fresh) the scheme's data-dependent init on the
+    first training batch, then DDP and compile."""
     spec: TrainerConfig = config["trial"]
     t = spec.training
     session = session or create_session(config.get("session", "local"))
     rank, world, device = session.world_rank, session.world_size, session.device
     if t.torch_threads:
         torch.set_num_threads(t.torch_threads)
-    seed_everything(t.seed + rank)
+    prepare_device(device)
+    seed_everything(t.seed + rank)  # this rank's streams (CPU and CUDA): dropout masks differ by rank
     logger = create_logger(rank, config.get("tracking_uri"), config.get("run_id"))
     data = build_data(spec.data, batch_size=t.batch_size // world, rank=rank, world_size=world, seed=t.seed,
                       device=device)
@@ -199,13 +204,17 @@ def setup(config: dict[str, Any], session: Session | None = None) -> TrainingRun
     monitor = DivergenceMonitor(module, spec.divergence)
     state = resume_file(session.checkpoint_dir())
     extra: dict[str, Any] = {}
+    step = 0
     if state is not None:
-        step, extra = load_checkpoint(state, module, optimizer, monitor)
-    else:
-        # Data-dependent init (WN) on the first batch; DDP's broadcast then makes it identical on all ranks.
-        step = 0
-        first_x, _ = next(data.train.epoch_iter(0))
-        data_dependent_init(module, scheme, to_device(first_x, device, t.channels_last))
+        step, extra = load_checkpoint(state, module, optimizer, monitor, rank)
+    stream = batches(data.train, data.steps_per_epoch, start_step=step)
+    if state is None:
+        # Data-dependent init (WN) on the first training batch, which step 1 then trains on: taken from the
+        # one stream, so a loader that keeps its pipeline across epochs (DALI) is not restarted for it.
+        # DDP's broadcast then makes the init identical on all ranks.
+        first = next(stream)
+        data_dependent_init(module, scheme, to_device(first[0], device, t.channels_last))
+        stream = itertools.chain([first], stream)
     eager_model = module
     if world > 1 and dist.is_available() and dist.is_initialized():
         eager_model = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda"
@@ -217,7 +226,7 @@ def setup(config: dict[str, Any], session: Session | None = None) -> TrainingRun
         optimizer=optimizer, monitor=monitor, criterion=nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),
         amp=amp, logger=logger, total_steps=total_steps,
         warmup_steps=warmup_length(t.warmup_steps, t.warmup_fraction, total_steps),
-        batches=batches(data.train, data.steps_per_epoch, start_step=step), step=step,
+        batches=stream, step=step,
         initial_eval=dict(extra.get("initial_eval") or {}))
     if state is None:
         _initial_evaluation(run)
@@ -228,10 +237,10 @@ def setup(config: dict[str, Any], session: Session | None = None) -> TrainingRun
 
 def build_module(spec: TrainerConfig, scheme: norms.NormScheme, num_classes: int, device: torch.device) -> nn.Module:
     """The network on ``device``, with identical initial weights on every rank (DDP also broadcasts rank 0's),
-    drawn from a forked RNG so the per-rank seed still drives what follows (dropout masks differ by rank)."""
+    drawn from the CPU generator seeded by ``training.seed`` alone (:func:`trainers.inputs.shared_init_seed`):
+    the per-rank streams, CPU and CUDA, still drive what follows (dropout masks differ by rank)."""
     t, m = spec.training, spec.model
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(t.seed)
+    with shared_init_seed(t.seed):
         module = build_model(m.arch, scheme, num_classes, dropout=t.dropout, cifar_width=m.cifar_width,
                              cifar_blocks=m.cifar_blocks).to(device)
     return module.to(memory_format=torch.channels_last) if t.channels_last else module
@@ -285,8 +294,20 @@ def _initial_evaluation(run: TrainingRun) -> None:
 
 
 def _checkpoint(run: TrainingRun) -> str | None:
+    """Called on every rank: the ranks' generator states are gathered (one collective) so that each
+    resumes its own streams; rank 0 writes the checkpoint and gets its directory, the others None."""
+    run.checkpointed_step = run.step
     return save_checkpoint(run.step, run.module, run.optimizer, run.monitor, run.session.world_rank,
-                           extra={"initial_eval": run.initial_eval})
+                           extra={"initial_eval": run.initial_eval},
+                           rank_rngs=_gather_rng_states(run.session.world_size))
+
+
+def _gather_rng_states(world: int) -> list[dict[str, Any]] | None:
+    if world == 1 or not (dist.is_available() and dist.is_initialized()):
+        return None
+    states: list[Any] = [None] * world
+    dist.all_gather_object(states, rng_states())
+    return states
 
 
 # --------------------------------------------------------------------------------------------------
@@ -382,10 +403,11 @@ def finish(run: TrainingRun) -> dict[str, Any]:
     run.logger.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)}, max(run.step, 1))
     run.logger.close()  # every curve point is in the store before the trial reports its end
     checkpoint = run.final_checkpoint
+    if run.divergence is None and run.checkpointed_step != run.step:  # max_steps 0, or resumed from the final one
+        checkpoint = _checkpoint(run)  # on every rank, as everywhere (a collective); rank 0 gets the directory
     if run.session.world_rank == 0:
-        if checkpoint is None:  # diverged, max_steps 0, or resumed from the final checkpoint
-            checkpoint = (summary_only_checkpoint() if run.divergence is not None
-                          else _checkpoint(run))
+        if checkpoint is None:  # diverged: the summary without weights
+            checkpoint = summary_only_checkpoint()
         write_summary(checkpoint, summary)
     run.session.report(summary, checkpoint_dir=checkpoint)
     if checkpoint:

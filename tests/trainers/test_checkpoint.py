@@ -1,5 +1,6 @@
 """A trial's checkpoint (trainers/checkpoint.py): a save → load round trip restores the model, the optimizer,
-the DivergenceMonitor's rule state and the three RNG states exactly; only rank 0 writes one; a summary-only
+the DivergenceMonitor's rule state and every generator exactly (torch's CPU one, each CUDA device's — on a
+mocked CUDA here —, NumPy's, Python's; each rank its own); only rank 0 writes one; a summary-only
 checkpoint (a diverged run's) is no state to resume from."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import trainers.checkpoint as checkpoint
 from study.spec import load
 from trainers.checkpoint import (
     CHECKPOINT_FILE,
@@ -106,3 +108,53 @@ def test_resume_file_is_the_state_or_none():
     write_summary(summary_only, {"diverged": 1.0, "outcome": "diverged"})
     assert json.loads((Path(summary_only) / SUMMARY_FILE).read_text()) == {"diverged": 1.0, "outcome": "diverged"}
     assert resume_file(summary_only) is None  # resuming from it starts afresh
+
+
+class FakeCuda:
+    """Two CUDA devices' generator states, as torch.cuda's functions would get and set them."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.states = [torch.tensor([1, 2], dtype=torch.uint8), torch.tensor([3, 4], dtype=torch.uint8)]
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: len(self.states))
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in self.states])
+
+        def set_state(state, device):
+            self.states[device] = state.clone()
+
+        monkeypatch.setattr(torch.cuda, "set_rng_state", set_state)
+
+    def draw(self) -> None:
+        self.states = [s + 7 for s in self.states]
+
+
+def test_a_checkpoint_restores_every_cuda_devices_generator(monkeypatch):
+    cuda = FakeCuda(monkeypatch)
+    run = trained_run(seed=0, steps=1)
+    saved = [s.clone() for s in cuda.states]
+    d = save_checkpoint(1, run.module, run.optimizer, run.monitor, rank=0)
+    cuda.draw()
+    load_checkpoint(Path(d) / CHECKPOINT_FILE, run.module, run.optimizer, run.monitor)
+    assert all(torch.equal(a, b) for a, b in zip(cuda.states, saved, strict=True))
+
+
+def test_each_rank_resumes_its_own_generators():
+    """With several ranks the checkpoint holds every rank's states (the loop gathers them); rank r restores
+    its own, so the ranks' streams stay distinct after a resume."""
+    run = trained_run(seed=0, steps=1)
+    per_rank = []
+    for seed in (10, 11):  # what ranks 0 and 1 held at the checkpoint
+        torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
+        per_rank.append(checkpoint.rng_states())
+    d = save_checkpoint(1, run.module, run.optimizer, run.monitor, rank=0, rank_rngs=per_rank)
+    path = Path(d) / CHECKPOINT_FILE
+    draws = {}
+    for rank in (0, 1):
+        load_checkpoint(path, run.module, run.optimizer, run.monitor, rank=rank)
+        draws[rank] = (torch.rand(3), np.random.rand(), random.random())
+        torch.manual_seed(10 + rank), np.random.seed(10 + rank), random.seed(10 + rank)
+        expected = (torch.rand(3), np.random.rand(), random.random())
+        assert torch.equal(draws[rank][0], expected[0]) and draws[rank][1:] == expected[1:]
+    assert not torch.equal(draws[0][0], draws[1][0])
+

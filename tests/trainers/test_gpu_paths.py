@@ -1,4 +1,6 @@
-"""The GPU options' logic, on CPU: loader choice, bf16 autocast, channels_last, torch.compile, use_gpu.
+"""The GPU options' logic, on CPU: loader choice, bf16 autocast (TReLU's dtype included), channels_last,
+torch.compile, use_gpu, cuDNN's autotuner, per-rank CUDA random streams, copies that do not block the host,
+and the step profile measured on the trial's device and dtype (kernels counted once).
 
 What runs here is the same code the GPU path runs, with the device swapped for the CPU where that is
 possible (autocast, channels_last, DALI's CPU backend) and with a spy where it is not worth the time
@@ -20,11 +22,15 @@ import torch
 from torch import nn
 
 import trainers.data as data_mod
+import trainers.inputs as inputs
 import trainers.loop as loop
+import trainers.profiling as profiling
 from study import cli
 from study.spec import StudySpec, load
 from tests.trainers.data.imagefolder import folder_spec, jpeg_folder  # noqa: F401  (session fixture)
 from trainers.data import build_data, dali_available, resolve_loader
+from trainers.models import build_model
+from trainers.norms.wn_trelu import TranslatedReLU
 from trainers.session import LocalSession
 
 TINY = ["training.max_steps=4", "training.report_every=1", "training.eval_every=4", "data.train_size=256",
@@ -164,6 +170,33 @@ def test_bf16_loss_tracks_float32_loss():
     assert losses(bf16)[0] == pytest.approx(losses(fp32)[0], rel=2e-2)
 
 
+@pytest.mark.parametrize("slope, learn_slope", [(0.25, True), (0.25, False), (0.0, False)])
+def test_trelu_keeps_bf16_activations_bf16_and_its_parameters_float32(slope, learn_slope):
+    """A float32 α added to bf16 activations would promote them (and every later layer) to float32."""
+    act = TranslatedReLU(4, slope=slope, learn_slope=learn_slope)
+    x = torch.randn(2, 4, 3, 3).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = act(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), act(x.float()), rtol=1e-2, atol=1e-2)  # the same function, rounded
+    y.float().sum().backward()
+    assert act.alpha.dtype == act.alpha.grad.dtype == torch.float32
+    assert act.slope_weight is None or act.slope_weight.grad.dtype == torch.float32
+
+
+def test_wn_trelu_network_stays_bf16_under_autocast():
+    """Every activation and block output of the strict WN + TReLU ResNet is bf16 under bf16 autocast."""
+    model = build_model("resnet_cifar", "wn_trelu", 10, cifar_width=8, cifar_blocks=[1, 1, 1])
+    dtypes: dict[str, torch.dtype] = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, TranslatedReLU) or name.startswith("layer") and name.count(".") == 1:
+            mod.register_forward_hook(lambda m, i, o, name=name: dtypes.__setitem__(name, o.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(torch.randn(2, 3, 16, 16))
+    assert logits.dtype == torch.bfloat16 and len(dtypes) > 6
+    assert {n: d for n, d in dtypes.items() if d != torch.bfloat16} == {}
+
+
 # --------------------------------------------------------------------------------------------------
 # training.channels_last
 
@@ -258,6 +291,122 @@ def test_compile_really_compiles_on_cpu_and_trains_like_eager():
 
 
 # --------------------------------------------------------------------------------------------------
+# cuDNN's autotuner, per-rank CUDA streams, no blocking copy in the step (mocked devices)
+
+
+def test_prepare_device_turns_on_cudnns_autotuner_for_cuda_only(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    inputs.prepare_device(CPU)
+    assert torch.backends.cudnn.benchmark is False
+    inputs.prepare_device(torch.device("cuda", 0))  # a flag, set without touching a device
+    assert torch.backends.cudnn.benchmark is True
+
+
+def test_setup_prepares_the_sessions_device(monkeypatch):
+    seen: list[torch.device] = []
+    monkeypatch.setattr(loop, "prepare_device", seen.append)
+    loop.setup({"trial": tiny().trainer_config("bn"), "session": "local", "max_steps": 0}, LocalSession())
+    assert seen == [CPU]
+
+
+def test_each_rank_seeds_the_cuda_generators_with_its_own_seed_only(monkeypatch):
+    """torch.manual_seed reseeds every CUDA generator too; the shared init seed must not, or every rank
+    would draw the same CUDA random numbers for the whole run."""
+    seeded: list[int] = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", seeded.append)
+    spec = tiny("training.seed=5")
+    for rank in (0, 1):
+        seeded.clear()
+        loop.setup({"trial": spec.trainer_config("bn"), "session": "local", "max_steps": 0},
+                   LocalSession(world_rank=rank, world_size=2))
+        assert seeded == [5 + rank]
+
+
+class RecordingTensor:
+    """Stands for a CPU batch tensor on its way to a mocked CUDA device: records every ``.to``."""
+
+    def __init__(self, calls: list[dict[str, Any]]) -> None:
+        self.calls = calls
+
+    def to(self, *args, **kwargs):
+        self.calls.append({"args": args, **kwargs})
+        return self
+
+    def contiguous(self, memory_format=None):
+        return self
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_steps_batch_copies_never_make_the_host_wait(channels_last):
+    calls: list[dict[str, Any]] = []
+    cuda = torch.device("cuda", 0)
+    run = type("Run", (), {})()
+    run.batches = iter([(RecordingTensor(calls), RecordingTensor(calls))])
+    run.device = cuda
+    run.training = tiny(f"training.channels_last={channels_last}").training
+    loop.TrainingRun.next_batch(run)
+    assert len(calls) == 2 and all(c["args"] == (cuda,) and c.get("non_blocking") is True for c in calls)
+
+
+def test_the_torchvision_loader_pins_batches_bound_for_a_gpu(jpeg_folder):  # noqa: F811
+    """Pinned host memory is what makes the step's non_blocking copies asynchronous."""
+    to_gpu = build_data(folder_spec(jpeg_folder[0], "torchvision"), batch_size=4, device=torch.device("cuda", 0))
+    assert to_gpu.train.pin_memory and to_gpu.test.pin_memory
+    on_cpu = build_data(folder_spec(jpeg_folder[0], "torchvision"), batch_size=4, device=CPU)
+    assert not on_cpu.train.pin_memory
+
+
+# --------------------------------------------------------------------------------------------------
+# claim 3's step profile: the trial's device, dtype and memory format; each kernel counted once
+
+
+def event(key: str, device: str, self_device_us: float = 0.0, self_cpu_us: float = 0.0):
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    return SimpleNamespace(key=key, device_type=DeviceType.CUDA if device == "cuda" else DeviceType.CPU,
+                           self_device_time_total=self_device_us, self_cpu_time_total=self_cpu_us,
+                           is_user_annotation=False)
+
+
+def test_cuda_shares_count_each_kernel_once():
+    """kineto lists each kernel as a device event (cuDNN's names do not say batch_norm) and inside its
+    launching op's self device time: the whole is the device events, a category its launching ops."""
+    events = [event("aten::cudnn_batch_norm", "cpu", 10, 3), event("bn_fw_tr_1C11_kernel_NCHW", "cuda", 10),
+              event("aten::cudnn_convolution", "cpu", 30, 5), event("sm90_xmma_fprop_implicit_gemm", "cuda", 30),
+              event("aten::add_", "cpu", 5, 1), event("elementwise_kernel", "cuda", 5),
+              event("unlaunched_kernel", "cuda", 5)]  # no op accounts for it: "other"
+    shares = profiling.shares_from_events(events, use_cuda=True)
+    assert shares == pytest.approx({"norm_share": 10 / 50, "conv_share": 30 / 50, "attributed": 45 / 50})
+    cpu = profiling.shares_from_events(events, use_cuda=False)  # host time of the ops
+    assert cpu["norm_share"] == pytest.approx(3 / 9) and cpu["attributed"] == 1.0
+
+
+def test_the_profile_runs_the_trials_dtype_memory_format_and_batch(monkeypatch):
+    spy_calls: list[dict[str, Any]] = []
+    real = profiling.build_model
+
+    def build(*a, **k):
+        model = real(*a, **k)
+        model.fc.register_forward_hook(lambda m, i, o: spy_calls.append({"dtype": o.dtype}))
+        model.conv1.register_forward_hook(lambda m, i, o: spy_calls.append(
+            {"nhwc": i[0].is_contiguous(memory_format=torch.channels_last) and not i[0].is_contiguous(),
+             "batch": i[0].shape[0]}))
+        return model
+
+    monkeypatch.setattr(profiling, "build_model", build)
+    config = tiny("training.amp=bf16", "training.channels_last=true", "training.batch_size=96").trainer_config("bn")
+    done = profiling.profile_on_this_worker(config, 96, use_gpu=False)
+    assert (done.device, done.dtype, done.batch) == ("cpu", "bfloat16", profiling.CPU_BATCH_CAP)
+    assert {c["dtype"] for c in spy_calls if "dtype" in c} == {torch.bfloat16}
+    assert {(c["nhwc"], c["batch"]) for c in spy_calls if "nhwc" in c} == {(True, 64)}
+    assert 0 < done.metrics["norm_share"] < 1 and done.metrics["profile_repeats"] == 5.0
+    plain = profiling.profile_on_this_worker(tiny().trainer_config("wn"), 32, use_gpu=False)
+    assert (plain.device, plain.dtype, plain.batch) == ("cpu", "float32", 32)
+
+
+# --------------------------------------------------------------------------------------------------
 # scaling.use_gpu on a machine without GPUs: refused before anything is written
 
 
@@ -325,3 +474,40 @@ def test_cuda_loop_on_dali_bf16_channels_last(jpeg_folder):  # noqa: F811
                 "training.max_steps=3", "training.eval_every=3", "training.amp=bf16", "training.channels_last=true")
     summary, _ = train(spec, "bn", dev)
     assert summary["diverged"] == 0.0 and 0.0 <= summary["final_test_top1"] <= 1.0
+
+
+@needs_cuda
+def test_cuda_per_rank_streams_differ_and_weights_agree():
+    dev = torch.device("cuda", torch.cuda.current_device())
+    states, weights = [], []
+    for rank in (0, 1):
+        run = loop.setup({"trial": tiny().trainer_config("bn"), "session": "local", "max_steps": 0},
+                         LocalSession(world_rank=rank, world_size=2, device=dev))
+        states.append(torch.cuda.get_rng_state(dev))
+        weights.append(run.module.conv1.weight.detach().clone())
+    assert not torch.equal(states[0], states[1]) and torch.equal(weights[0], weights[1])
+    assert torch.backends.cudnn.benchmark is True
+
+
+@needs_cuda
+def test_cuda_steps_between_reports_make_no_host_sync():
+    """CUDA's sync debug mode raises on any synchronizing call (.item(), a blocking copy) in the steps."""
+    dev = torch.device("cuda", torch.cuda.current_device())
+    spec = tiny("training.max_steps=8", "training.report_every=4", "training.eval_every=8")
+    run = loop.setup({"trial": spec.trainer_config("bn"), "session": "local"}, LocalSession(device=dev))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):  # steps 1-3: no report, no detailed step
+            loop.train_step(run, *run.next_batch())
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@needs_cuda
+def test_cuda_profile_counts_device_time_on_the_gpu():
+    config = tiny("training.amp=bf16", "training.channels_last=true").trainer_config("bn")
+    done = profiling.profile_on_this_worker(config, 32, use_gpu=True)
+    assert done.device.startswith("cuda:0 ") and done.dtype == "bfloat16" and done.batch == 32
+    assert 0 < done.metrics["norm_share"] < 1 and 0 < done.metrics["conv_share"] < 1
+    assert done.metrics["norm_share"] + done.metrics["conv_share"] <= 1.0

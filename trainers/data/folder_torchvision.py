@@ -112,7 +112,8 @@ class TorchvisionTrain:
 def build_torchvision(data: DataSpec, *, batch_size: int, rank: int, world_size: int, seed: int,
                       device: torch.device | None = None, splits: FolderSplits | None = None) -> DataBundle:
     splits = splits or scan_folder(data)
-    pin = torch.cuda.is_available() and (device is None or device.type == "cuda")
+    # Batches bound for a GPU come from pinned memory: only then is the loop's non_blocking copy asynchronous.
+    pin = device.type == "cuda" if device is not None else torch.cuda.is_available()
     train_ds = FileDataset(splits.train, train_transform(data.image_size, data.hflip,
                                                          (data.crop_scale[0], data.crop_scale[1])))
     train = TorchvisionTrain(train_ds, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed,

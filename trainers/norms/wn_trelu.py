@@ -54,10 +54,13 @@ class TranslatedReLU(nn.Module):
         self.slope_weight = nn.Parameter(torch.full((channels,), float(slope))) if learn_slope else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.alpha.view((1, -1) + (1,) * (x.dim() - 2))
+        # α and the leak are cast to the activations' dtype: autocast leaves element-wise ops alone, so a
+        # float32 α would promote bf16 activations to float32 (every later layer and every saved activation
+        # twice the bytes, and casts in between). Their gradients still arrive in float32.
+        a = self.alpha.to(x.dtype).view((1, -1) + (1,) * (x.dim() - 2))
         shifted = x - a
         if self.slope_weight is not None:
-            out = F.prelu(shifted, self.slope_weight.clamp(0, 1))
+            out = F.prelu(shifted, self.slope_weight.clamp(0, 1).to(x.dtype))
         else:
             out = F.leaky_relu(shifted, self.slope) if self.slope else torch.relu(shifted)
         return out + a
