@@ -2,10 +2,11 @@
 
 Outcomes, point statuses and the bracket are the one rule's (:mod:`trainers.outcome`: ``point_status``,
 ``bracket_of``), the rule ``search.mode: boundary`` bisects with and the stability map counts by.
-``diverged_lr`` is the smallest rate at which a trial *failed* — diverged or collapsed (the key keeps its
-report.json name) — and ``stable_lr`` the largest rate below it at which every trial was stable (a stable
-rate above ``diverged_lr`` — a non-monotone scheme — does not move the boundary); a grid's bracket is
-exact to its spacing. A rate where a trial has not finished (killed, running) or errored and none failed
+``diverged_lr`` is the smallest rate at which a trial *failed* — of any kind of
+:data:`trainers.outcome.FAILURE_KINDS`: diverged, collapsed or stalled (the key keeps its report.json
+name) — and ``stable_lr`` the largest rate below it at which every trial was stable (a stable rate above
+``diverged_lr`` — a non-monotone scheme — does not move the boundary); a grid's bracket is exact to its
+spacing. A rate where a trial has not finished (killed, running) or errored and none failed
 is not counted as stable.
 
 ``scheme_boundary`` reads a scheme's trials, ``groups_boundary`` a summary's configuration groups (for
@@ -23,8 +24,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from analysis.collect import TrialData
-from analysis.summarize import ConfigGroup, levels
-from trainers.outcome import COLLAPSED, DIVERGED, STABLE, bracket_of, point_status
+from analysis.stability_map import levels
+from analysis.summarize import ConfigGroup
+from trainers.outcome import STABLE, bracket_of, point_status
 
 STABLE_COLOR = "#1a9850"
 DIVERGED_COLOR = "#b2182b"
@@ -62,7 +64,7 @@ def groups_boundary(groups: Sequence[ConfigGroup]) -> list[dict[str, Any]]:
 
     return _boundary(
         (num(g.config.get("init_scale")), float(g.config["lr"]),
-         [DIVERGED] * g.n_diverged + [COLLAPSED] * g.n_collapsed + [STABLE] * (g.n - g.n_failed))
+         [kind for kind, n in g.failures.items() for _ in range(n)] + [STABLE] * (g.n - g.n_failed))
         for g in groups
         if num(g.config.get("lr")) is not None
     )
@@ -105,5 +107,5 @@ def draw_boundary(ax, boundary: Sequence[dict[str, Any]], rows: Sequence[float |
     return [
         Patch(facecolor=BAND_COLOR, edgecolor="#333333", hatch="///", label="boundary bracket"),
         Line2D([], [], color=STABLE_COLOR, lw=3, label="boundary: stable lr"),
-        Line2D([], [], color=DIVERGED_COLOR, lw=3, ls="--", label="boundary: first diverged lr"),
+        Line2D([], [], color=DIVERGED_COLOR, lw=3, ls="--", label="boundary: first failed lr"),
     ]

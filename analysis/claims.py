@@ -1,15 +1,20 @@
 """The paper's three claims, each judged on the study's own numbers, and a side-by-side with the paper.
 
 Gitman & Ginsburg 2017 (arXiv:1709.08145), ResNet-50 on ImageNet, as summarized in docs/design.md §1:
-1. the WN family (wn, normprop, wn_trelu) reaches higher train and lower test top-1 than BN;
-2. the WN family diverges at learning rates / init scales where BN trains;
-3. BN costs a large share of each step (~24% of ResNet compute time vs ~60% for convolutions, Pascal).
+1. the WN family (wn, normprop, wn_trelu) reaches higher train and lower test top-1 than BN — judged only
+   when every scheme compared converged at the study's budget (analysis/convergence.py), else
+   "inconclusive: <scheme> not converged at this budget";
+2. the WN family fails at learning rates / init scales where BN trains — on two bases: the share of trials
+   that failed (every kind of trainers.outcome.FAILURE_KINDS) and the learning-rate sensitivity
+   (analysis/sensitivity.py, Wortsman et al. 2023), combined by :func:`analysis.intervals.combine`;
+3. BN costs a large share of each step (~24% of ResNet compute time vs ~60% for convolutions, Pascal),
+   with where it was measured (device, dtype, batch; the scheme runs' profile tags).
 
 Verdicts are ``confirmed``, ``not confirmed``, ``inconclusive`` or ``not measured``; docs/report.md states
-each rule. Every comparison carries a 95% interval (analysis/intervals.py): over seeds for accuracies,
-over the tried trials for failure rates, over profiler repeats for step shares. A verdict is confirmed or
-not confirmed only when its interval excludes "no effect"; otherwise it is inconclusive. Nothing here
-assumes BN wins: a study where BN is worse gets "not confirmed" and the numbers that say so.
+each rule. Every comparison carries a 95% interval (analysis/intervals.py): over seeds for accuracies and
+sensitivities, over the tried trials for failure rates, over profiler repeats for step shares. A verdict
+is confirmed or not confirmed only when its interval excludes "no effect"; otherwise it is inconclusive.
+Nothing here assumes BN wins: a study where BN is worse gets "not confirmed" and the numbers that say so.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from typing import Any
 
 from analysis import intervals
 from analysis.intervals import CONFIRMED, INCONCLUSIVE, NOT_CONFIRMED, Interval
-from analysis.summarize import SchemeSummary
+from analysis.sensitivity import sensitivity
+from analysis.summarize import SchemeSummary, stat
+from trainers.outcome import FAILURE_KINDS
 
 WN_FAMILY = ("wn", "normprop", "wn_trelu", "wn_trelu_affine")
 NOT_MEASURED = "not measured"
@@ -55,7 +62,7 @@ def pts(x: float) -> str:
     return f"{x * 100:+.1f} pts"
 
 
-def _pct(x: float | None) -> str:
+def pct_text(x: float | None) -> str:
     return "n/a" if x is None else f"{x * 100:.1f}%"
 
 
@@ -115,12 +122,21 @@ def claim_generalization(summaries: Mapping[str, SchemeSummary]) -> Claim:
     better = [n for n, e in evidence.items() if n != "bn" and e["test_minus_bn"] > 0]
     if better:
         reason += f" BN has the lower test top-1 here (vs {', '.join(better)})."
+    unconverged = [s.name for s in (bn, *measured) if s.convergence is not None and s.convergence.converged is False]
+    for s in (bn, *measured):
+        evidence[s.name]["converged"] = None if s.convergence is None else s.convergence.converged
+    evidence["not_converged"] = unconverged
+    if unconverged:  # a comparison of where training ends needs every compared scheme to have got there
+        why = "; ".join(f"{s.name}: {s.convergence.reason}" for s in (bn, *measured) if s.name in unconverged)
+        reason = (f"{INCONCLUSIVE}: {', '.join(unconverged)} not converged at this budget ({why}). " + reason
+                  + " The numbers would say: " + intervals.combine(verdicts) + ".")
+        return Claim(1, text, INCONCLUSIVE, reason, evidence)
     return Claim(1, text, intervals.combine(verdicts), reason, evidence)
 
 
 def _rate_in(rows: list[dict], lo: float, hi: float) -> tuple[int, int]:
-    """(tried, failed) trials with lr in [lo, hi]: ``divergence_by_lr``'s counts, whose failures are the one
-    rule's (:data:`trainers.outcome.FAILURES`: diverged or collapsed)."""
+    """(tried, failed) trials with lr in [lo, hi]: ``failures_by_lr``'s counts, whose failures are the one
+    rule's (:data:`trainers.outcome.FAILURE_KINDS`: diverged, collapsed or stalled)."""
     tol = 1e-9
     sel = [r for r in rows if lo * (1 - tol) <= r["lr"] <= hi * (1 + tol)]
     return sum(r["n"] for r in sel), sum(r["n_failed"] for r in sel)
@@ -135,46 +151,101 @@ def _lr(x: float | None) -> str:
     return "none" if x is None else f"{x:g}"
 
 
+def _sensitivity_basis(s: SchemeSummary, bn: SchemeSummary, lo: float, hi: float) -> dict[str, Any]:
+    """The second basis of claim 2: the scheme's learning-rate sensitivity minus BN's over the common rates,
+    Welch's interval over seeds; ``verdict`` "not measured" when either side has no seed to value."""
+    mine, base = sensitivity(s.loss_points, (lo, hi)), sensitivity(bn.loss_points, (lo, hi))
+    if mine.mean is None or base.mean is None:
+        return {"lr_sensitivity": mine.mean, "bn_lr_sensitivity": base.mean, "sensitivity_minus_bn_ci": None,
+                "sensitivity_verdict": NOT_MEASURED}
+    a, b = stat(mine.per_seed.values()), stat(base.per_seed.values())
+    iv = intervals.welch(a.mean, a.std, a.n, b.mean, b.std, b.n)
+    return {"lr_sensitivity": mine.mean, "bn_lr_sensitivity": base.mean, "sensitivity_minus_bn_ci": _iv(iv),
+            "sensitivity_seeds": [a.n, b.n], "sensitivity_verdict": intervals.direction(iv, +1)}
+
+
+def _sens_text(e: dict[str, Any]) -> str:
+    if e["sensitivity_verdict"] == NOT_MEASURED:
+        return "lr sensitivity not measured"
+    ci = e["sensitivity_minus_bn_ci"]
+    iv = ("no interval (fewer than 2 seeds)" if ci is None
+          else f"difference {ci['estimate']:+.2f} [{ci['lo']:+.2f}, {ci['hi']:+.2f}]")
+    return (f"lr sensitivity {e['lr_sensitivity']:.2f} vs BN {e['bn_lr_sensitivity']:.2f} nats, {iv} "
+            f"→ {e['sensitivity_verdict']}")
+
+
 def claim_stability(summaries: Mapping[str, SchemeSummary]) -> Claim:
-    text = "WN-family diverges over a wider range of learning rates / init scales than BN"
+    text = "WN-family fails over a wider range of learning rates / init scales than BN"
     bn, family = _present(summaries)
-    if bn is None or not bn.divergence_by_lr:
+    if bn is None or not bn.failures_by_lr:
         return Claim(2, text, NOT_MEASURED, "BN has no finished trials in this study.")
     evidence: dict[str, Any] = {"bn": {"largest_stable_lr": _largest_stable(bn)}}
-    parts, verdicts, any_div = [], [], False
+    parts, verdicts, any_fail = [], [], False
     for s in family:
-        if not s.divergence_by_lr:
+        if not s.failures_by_lr:
             continue
-        lo = max(bn.divergence_by_lr[0]["lr"], s.divergence_by_lr[0]["lr"])
-        hi = min(bn.divergence_by_lr[-1]["lr"], s.divergence_by_lr[-1]["lr"])
+        lo = max(bn.failures_by_lr[0]["lr"], s.failures_by_lr[0]["lr"])
+        hi = min(bn.failures_by_lr[-1]["lr"], s.failures_by_lr[-1]["lr"])
         if lo > hi:
             continue
-        (n_b, d_b), (n_s, d_s) = _rate_in(bn.divergence_by_lr, lo, hi), _rate_in(s.divergence_by_lr, lo, hi)
+        (n_b, d_b), (n_s, d_s) = _rate_in(bn.failures_by_lr, lo, hi), _rate_in(s.failures_by_lr, lo, hi)
         rate_b, rate_s = d_b / n_b, d_s / n_s
-        any_div = any_div or d_b > 0 or d_s > 0
+        any_fail = any_fail or d_b > 0 or d_s > 0
         iv = intervals.rate_difference(d_s, n_s, d_b, n_b)
-        verdict = intervals.direction(iv, +1)
-        verdicts.append(verdict)
+        rate_verdict = intervals.direction(iv, +1)
+        sens = _sensitivity_basis(s, bn, lo, hi)
+        bases = [rate_verdict] + ([sens["sensitivity_verdict"]] if sens["sensitivity_verdict"] != NOT_MEASURED else [])
+        verdict = intervals.combine(bases)
+        verdicts += bases
         evidence[s.name] = {
             "lr_range": [lo, hi],
-            "divergence_rate": rate_s,
-            "bn_divergence_rate": rate_b,
+            "failure_rate": rate_s,
+            "bn_failure_rate": rate_b,
             "rate_minus_bn_ci": _iv(iv),
+            "rate_verdict": rate_verdict,
+            **sens,
             "largest_stable_lr": _largest_stable(s),
             "verdict": verdict,
             "holds": verdict == CONFIRMED,
         }
         parts.append(
-            f"{s.name}: {d_s}/{n_s} trials failed ({_pct(rate_s)}) vs BN {d_b}/{n_b} ({_pct(rate_b)}) "
-            f"for lr in [{lo:g}, {hi:g}], difference {_ci(iv)}; largest stable lr {_lr(_largest_stable(s))} "
-            f"vs BN's {_lr(_largest_stable(bn))} → {verdict}"
+            f"{s.name}: {d_s}/{n_s} trials failed ({pct_text(rate_s)}) vs BN {d_b}/{n_b} ({pct_text(rate_b)}) "
+            f"for lr in [{lo:g}, {hi:g}], difference {_ci(iv)} → {rate_verdict}; {_sens_text(sens)}; largest "
+            f"stable lr {_lr(_largest_stable(s))} vs BN's {_lr(_largest_stable(bn))} → {verdict}"
         )
     if not verdicts:
         return Claim(2, text, NOT_MEASURED, "No WN-family scheme was tried at learning rates BN was tried at.")
-    reason = "; ".join(parts) + "."
-    if not any_div:
-        reason += " No trial diverged in the common range: widen the learning-rate grid to probe stability."
+    reason = "; ".join(parts) + ". Failed = " + "/".join(FAILURE_KINDS) + "."
+    if not any_fail:
+        reason += " No trial failed in the common range: widen the learning-rate grid to probe stability."
     return Claim(2, text, intervals.combine(verdicts), reason, evidence)
+
+
+NOT_RECORDED = "not recorded"
+
+
+def profile_text(p: Mapping[str, str | None]) -> str:
+    """Where a scheme's step shares were profiled, in words: "cuda:0 NVIDIA H100, bfloat16, batch 64 per
+    worker, in the worker"; a field the store lacks reads "… not recorded"; none of them: "not recorded"."""
+    if not any(p.get(k) for k in ("device", "dtype", "batch", "where")):
+        return NOT_RECORDED
+    where = p.get("where")
+    return ", ".join([
+        p.get("device") or f"device {NOT_RECORDED}",
+        p.get("dtype") or f"dtype {NOT_RECORDED}",
+        f"batch {p['batch']} per worker" if p.get("batch") else f"batch {NOT_RECORDED}",
+        (f"in the {where}" if where in ("driver", "worker") else where) if where else f"place {NOT_RECORDED}",
+    ])
+
+
+def _measured_on(schemes: list[SchemeSummary]) -> tuple[dict[str, dict], str]:
+    """Claim 3's provenance: {scheme: profile tags} and one sentence ("Measured on …")."""
+    texts = {s.name: profile_text(s.profile) for s in schemes}
+    if len(set(texts.values())) == 1:
+        sentence = f"Measured on: {next(iter(texts.values()))}."
+    else:
+        sentence = "Measured on: " + "; ".join(f"{n}: {t}" for n, t in texts.items()) + "."
+    return {s.name: {k: s.profile.get(k) for k in ("device", "dtype", "batch", "where")} for s in schemes}, sentence
 
 
 def claim_cost(summaries: Mapping[str, SchemeSummary]) -> Claim:
@@ -199,84 +270,15 @@ def claim_cost(summaries: Mapping[str, SchemeSummary]) -> Claim:
         evidence[s.name] = {"norm_share": s.norm_share, "conv_share": s.conv_share,
                             "bn_minus_share_ci": _iv(iv), "verdict": verdict, "holds": verdict == CONFIRMED}
         ci = "no interval (one profile)" if iv is None else f"BN − it {iv.text()}"
-        parts.append(f"{s.name} {_pct(s.norm_share)} ({ci})")
+        parts.append(f"{s.name} {pct_text(s.norm_share)} ({ci})")
+    evidence["measured_on"], where = _measured_on([bn, *measured])
     reason = (
-        f"Normalization's share of a profiled step: BN {_pct(bn.norm_share)} vs "
+        f"Normalization's share of a profiled step: BN {pct_text(bn.norm_share)} vs "
         + ", ".join(parts)
-        + f". Paper: BN ~{_pct(PAPER['bn_share'])}, convolutions ~{_pct(PAPER['conv_share'])}."
+        + f". Paper: BN ~{pct_text(PAPER['bn_share'])}, convolutions ~{pct_text(PAPER['conv_share'])}. {where}"
     )
     return Claim(3, text, intervals.combine(verdicts), reason, evidence)
 
 
 def evaluate_claims(summaries: Mapping[str, SchemeSummary]) -> list[Claim]:
     return [claim_generalization(summaries), claim_stability(summaries), claim_cost(summaries)]
-
-
-# --------------------------------------------------------------------------------------------------
-# Side-by-side with the paper
-
-
-def our_setup(params: Mapping[str, str]) -> str:
-    """One line describing the study's scale from its flattened spec (unknown parts left out)."""
-    get = params.get
-    data = get("data.kind") or "unknown data"
-    if data == "folder":
-        data = f"folder {get('data.path', '?')}"
-    elif data == "generated":
-        detail = ", ".join(
-            f"{get(k)} {what}"
-            for k, what in (("data.num_classes", "classes"), ("data.train_size", "train images"))
-            if get(k)
-        )
-        data = f"generated data ({detail})" if detail else "generated data"
-    parts = [f"{get('model.arch') or 'unknown model'} on {data}"]
-    if get("data.image_size"):
-        parts.append(f"{get('data.image_size')} px")
-    if get("training.batch_size"):
-        parts.append(f"batch {get('training.batch_size')}")
-    if get("training.max_steps") not in (None, "", "None"):
-        parts.append(f"{get('training.max_steps')} steps")
-    elif get("training.epochs"):
-        parts.append(f"{get('training.epochs')} epochs")
-    if get("provenance.hardware"):
-        parts.append(get("provenance.hardware"))
-    workers = get("scaling.num_workers")
-    if workers:
-        parts.append(f"{workers} DDP worker{'' if workers == '1' else 's'} a trial")
-    return ", ".join(parts)
-
-
-def paper_comparison(
-    claims: list[Claim], summaries: Mapping[str, SchemeSummary], params: Mapping[str, str]
-) -> list[dict]:
-    """Rows of (quantity, paper, ours) for the report's side-by-side table."""
-    c1, c2, c3 = claims
-    fam = [n for n in WN_FAMILY if n in c1.evidence]
-    test = "; ".join(f"{n} {pts(c1.evidence[n]['test_minus_bn'])}" for n in fam) or "not measured"
-    train = "; ".join(f"{n} {pts(c1.evidence[n]['train_minus_bn'])}" for n in fam) or "not measured"
-    div = (
-        "; ".join(f"{n} {_pct(s.divergence_rate)}" for n, s in summaries.items() if s.divergence_rate is not None)
-        or "not measured"
-    )
-    bn = summaries.get("bn")
-    return [
-        {"quantity": "Setup", "paper": PAPER["setup"], "ours": our_setup(params)},
-        {"quantity": "Test top-1, WN-family − BN", "paper": "≈ −6 pts", "ours": test},
-        {"quantity": "Train top-1, WN-family − BN", "paper": "> 0 (WN higher)", "ours": train},
-        {"quantity": "Divergence rate (all trials)", "paper": PAPER["stability"], "ours": div},
-        {
-            "quantity": "BN's share of step time",
-            "paper": f"~{_pct(PAPER['bn_share'])}",
-            "ours": _pct(bn.norm_share) if bn and bn.norm_share is not None else "not measured",
-        },
-        {
-            "quantity": "Convolutions' share of step time (BN model)",
-            "paper": f"~{_pct(PAPER['conv_share'])}",
-            "ours": _pct(bn.conv_share) if bn and bn.conv_share is not None else "not measured",
-        },
-        {
-            "quantity": "Verdicts",
-            "paper": "claims 1–3 hold",
-            "ours": "; ".join(f"{c.id}: {c.verdict}" for c in (c1, c2, c3)),
-        },
-    ]

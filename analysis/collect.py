@@ -18,12 +18,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from trainers.outcome import COLLAPSED, DIVERGED, STALLED, is_failure, is_finished, outcome_of
+from trainers.outcome import COLLAPSED, DIVERGED, ERRORED, STALLED, is_failure, is_finished, outcome_of
 
 DEFAULT_EXPERIMENT = "normstudy"
 # Per-step curves read for every trial: the loss and the early-warning signals (analysis/early_warning.py).
 TRIAL_CURVES = ("loss", "grad_norm", "update_ratio_max", "spike_ratio", "sharpness", "lr")
 ACT_STD_PREFIX = "act_std/"  # per-stage activation std, read only for representative trials
+# Where claim 3's step shares were profiled (scheme-run tags, docs/mlflow_layout.md): device, dtype, the
+# per-worker batch, and "driver" or "worker". A store older than them has none: the report says so.
+PROFILE_TAGS = {k: f"normstudy.profile_{k}" for k in ("device", "dtype", "batch", "where")}
+NOTE_TAG = "mlflow.note.content"
 _PAGE = 1000
 
 
@@ -63,6 +67,7 @@ class TrialData:
     collapse_layer: str | None = None  # the stage ("layer2", ...)
     # Stalled: finite to the end but did not fit (trainers/stall.py); never also diverged or collapsed.
     stalled: bool = False
+    error: str | None = None  # errored (the run FAILED): the error's last line, as its note says it
 
     @property
     def lr(self) -> float | None:
@@ -109,6 +114,7 @@ class SchemeData:
     params: dict[str, str]
     metrics: dict[str, float]  # norm_share, conv_share, profile_step_time_s where measured
     trials: list[TrialData]
+    tags: dict[str, str] = field(default_factory=dict)  # the scheme run's tags (PROFILE_TAGS among them)
 
 
 @dataclass
@@ -232,6 +238,23 @@ def _int_or_none(s: Any) -> int | None:
         return None
 
 
+def error_of(tags: dict[str, str]) -> str | None:
+    """A FAILED run's error in one line: its note without the ``errored:`` prefix study/trial.py writes,
+    else the last line of the ``normstudy.failure_reason`` tag; None when neither says."""
+    note = (tags.get(NOTE_TAG) or "").strip()
+    for prefix in ("errored:", "failed:"):
+        if note.startswith(prefix):
+            return note[len(prefix):].strip() or None
+    lines = [ln.strip() for ln in (tags.get("normstudy.failure_reason") or "").splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else None
+
+
+def num_classes(params: dict[str, str]) -> int | None:
+    """The study's class count (``data.num_classes``), None when the spec does not say."""
+    n = _int_or_none(params.get("data.num_classes"))
+    return n if n is not None and n >= 2 else None
+
+
 def trial_from_run(run, scheme: str) -> TrialData:
     """A trial run as a :class:`TrialData`. Its outcome is :func:`trainers.outcome.outcome_of` over the run's
     metrics (the loop's summary: ``diverged``, ``collapsed``, ``stalled``, ``final_test_top1``; non-finite
@@ -265,6 +288,7 @@ def trial_from_run(run, scheme: str) -> TrialData:
         collapse_step=c_step if collapsed else None,
         collapse_layer=tags.get("collapse_layer") if collapsed else None,
         stalled=outcome == STALLED,
+        error=error_of(tags) if outcome == ERRORED else None,
     )
 
 
@@ -314,7 +338,8 @@ def read_study(
             if sname in schemes:  # a resumed study may hold two runs of a scheme: keep the first (latest-listed)
                 by_run_id[run.info.run_id] = schemes[sname]
                 continue
-            schemes[sname] = SchemeData(sname, run.info.run_id, dict(run.data.params), dict(run.data.metrics), [])
+            schemes[sname] = SchemeData(sname, run.info.run_id, dict(run.data.params), dict(run.data.metrics), [],
+                                        dict(run.data.tags))
             by_run_id[run.info.run_id] = schemes[sname]
         for run in trial_runs:
             parent = by_run_id.get(run.data.tags.get("mlflow.parentRunId", ""))

@@ -3,6 +3,9 @@
 * A difference of means over seeds (or profiler repeats), from each side's mean, sample std and n:
   Welch's t interval, d ± t_{0.975, ν} · √(s₁²/n₁ + s₂²/n₂), ν by Welch–Satterthwaite. Needs n ≥ 2 on
   both sides (no std otherwise): with fewer seeds there is no interval.
+* A mean over seeds (learning-rate sensitivity, analysis/sensitivity.py): Student's t interval,
+  x̄ ± t_{0.975, n−1} · s/√n; none below two values.
+* A rate (failures of a kind out of finished trials): Wilson's score interval.
 * A difference of two rates (diverged-or-collapsed trials out of tried ones): Newcombe's hybrid score
   interval (Newcombe 1998, method 10), built from each rate's Wilson interval; it stays inside [−1, 1]
   and behaves at 0/n and n/n, where the Wald interval collapses to a point.
@@ -50,6 +53,17 @@ def welch(mean1: float | None, sd1: float | None, n1: int, mean2: float | None, 
     df = (v1 + v2) ** 2 / ((v1 * v1 / (n1 - 1) if v1 else 0.0) + (v2 * v2 / (n2 - 1) if v2 else 0.0))
     t = float(stats.t.ppf(0.5 + LEVEL / 2, df))
     return Interval(d, d - t * se, d + t * se, "welch-t")
+
+
+def t_mean(values: list[float]) -> Interval | None:
+    """Interval for the mean of ``values`` (seeds); None with fewer than two."""
+    n = len(values)
+    if n < 2:
+        return None
+    m = sum(values) / n
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+    half = float(stats.t.ppf(0.5 + LEVEL / 2, n - 1)) * sd / math.sqrt(n)
+    return Interval(m, m - half, m + half, "t")
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:

@@ -19,7 +19,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
 from analysis.boundary import draw_boundary, groups_boundary
-from analysis.summarize import Cell, SchemeSummary, StabilityMap
+from analysis.stability_map import Cell, StabilityMap
+from analysis.summarize import SchemeSummary
+from trainers.outcome import COLLAPSED, DIVERGED, FAILURE_KINDS, STALLED
 
 SCHEME_COLORS = {
     "bn": "#1f77b4",
@@ -36,6 +38,24 @@ FALLBACK_COLORS = ("#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b41
 DPI = 110
 DIVERGED_INK = "#b2182b"  # × on a stability-map cell where a seed diverged
 COLLAPSED_INK = "#6a3d9a"  # hollow ○ where a seed collapsed (finite, at chance)
+STALLED_INK = "#b35806"  # hollow □ where a seed stalled (finite, did not fit)
+# The stability map's mark of each failure kind (trainers.outcome.FAILURE_KINDS): marker style and legend
+# text; a kind missing here is drawn with FALLBACK_MARK, so a new kind still shows.
+FAILURE_MARKS = {
+    DIVERGED: ({"marker": "x", "markersize": 16, "mew": 3, "color": DIVERGED_INK}, "a seed diverged (k/n)", "div."),
+    COLLAPSED: ({"marker": "o", "markersize": 13, "mew": 2.5, "mfc": "none", "color": COLLAPSED_INK},
+                "a seed collapsed: finite, at chance (k/n)", "coll."),
+    STALLED: ({"marker": "s", "markersize": 12, "mew": 2.5, "mfc": "none", "color": STALLED_INK},
+              "a seed stalled: finite, did not fit (k/n)", "stall."),
+}
+FALLBACK_MARK = ({"marker": "d", "markersize": 12, "mew": 2, "mfc": "none", "color": "#333333"}, "a seed failed",
+                 "fail.")
+
+
+def failure_mark(kind: str) -> tuple[dict, str, str]:
+    """(marker style, legend text, short name) of a failure kind."""
+    style, label, short = FAILURE_MARKS.get(kind, FALLBACK_MARK)
+    return style, (label if kind in FAILURE_MARKS else f"{label} ({kind})"), short
 
 
 def scheme_color(name: str) -> str:
@@ -85,21 +105,17 @@ def _map_grid(smap: StabilityMap) -> np.ndarray:
 
 
 def _failure_marks(ax, c: Cell, cx: float, cy: float, shift: float, ink: str) -> None:
-    """A cell's failure markers, × diverged and ○ collapsed (side by side, log-axis offsets, when it has
-    both), and their counts (k/n) under them."""
-    marks = [(m, n) for m, n in (("x", c.n_diverged), ("o", c.n_collapsed)) if n]
-    for k, (marker, _) in enumerate(marks):
+    """A cell's failure marks, one per kind that occurred (side by side, log-axis offsets, when several),
+    and their counts (k/n) under them."""
+    marks = [(kind, n) for kind, n in c.failures.items() if n]
+    for k, (kind, _) in enumerate(marks):
         mx = cx * shift ** (k - (len(marks) - 1) / 2) if len(marks) > 1 else cx
-        style = (
-            {"marker": "x", "markersize": 16, "mew": 3, "color": DIVERGED_INK}
-            if marker == "x"
-            else {"marker": "o", "markersize": 13, "mew": 2.5, "mfc": "none", "color": COLLAPSED_INK}
-        )
-        ax.plot([mx], [cy if c.test_top1 is None else cy - 0.12], ls="", **style)
-    if marks:
-        counts = [f"{c.n_diverged}/{c.n} diverged"] if c.n_diverged else []
-        counts += [f"{c.n_collapsed}/{c.n} collapsed"] if c.n_collapsed else []
-        text = counts[0] if len(counts) == 1 else f"{c.n_diverged}/{c.n} div., {c.n_collapsed}/{c.n} coll."
+        ax.plot([mx], [cy if c.test_top1 is None else cy - 0.12], ls="", **failure_mark(kind)[0])
+    if len(marks) == 1:
+        kind, n = marks[0]
+        ax.text(cx, cy - 0.36, f"{n}/{c.n} {kind}", ha="center", va="center", fontsize=7.5, color=ink)
+    elif marks:
+        text = ", ".join(f"{n}/{c.n} {failure_mark(kind)[2]}" for kind, n in marks)
         ax.text(cx, cy - 0.36, text, ha="center", va="center", fontsize=7.5, color=ink)
 
 
@@ -136,11 +152,14 @@ def _map_title(s: SchemeSummary) -> str:
     return f"{s.name}: final test top-1 per learning rate × init scale\n{stable}"
 
 
-def _map_legend(fig, boundary_handles: list) -> None:
+def _map_legend(fig, boundary_handles: list, kinds: list[str]) -> None:
+    """The legend: a mark for each failure kind of this map (``kinds``), then the outlines and boundary."""
+    marks = []
+    for kind in kinds:
+        style, label, _ = failure_mark(kind)
+        marks.append(Line2D([], [], ls="", **(style | {"markersize": style["markersize"] * 0.7}), label=label))
     handles = [
-        Line2D([], [], marker="x", color=DIVERGED_INK, mew=3, ls="", markersize=10, label="a seed diverged (k/n)"),
-        Line2D([], [], marker="o", color=COLLAPSED_INK, mfc="none", mew=2.5, ls="", markersize=9,
-               label="a seed collapsed: finite, at chance (k/n)"),
+        *marks,
         Patch(facecolor="none", edgecolor="#e7298a", lw=2.5, label="largest stable lr"),
         Patch(facecolor="#d0d0d0", label="no stable trial"),
         *boundary_handles,
@@ -171,7 +190,7 @@ def plot_stability_map(s: SchemeSummary, path: Path, vrange: tuple[float, float]
     ax.set_xlabel("learning rate (log scale)" + (", binned" if smap.binned else ""))
     ax.set_ylabel("init scale" if rows != [None] else "init scale (none for this scheme)")
     ax.set_title(_map_title(s), fontsize=10, color=scheme_color(s.name), fontweight="bold")
-    _map_legend(fig, boundary_handles)
+    _map_legend(fig, boundary_handles, list(FAILURE_KINDS))
     fig.colorbar(mesh, ax=ax, label="final test top-1 (%)", pad=0.02)
     return save_figure(fig, path)
 
@@ -247,54 +266,90 @@ def plot_accuracy(summaries: Mapping[str, SchemeSummary], path: Path) -> Path | 
     return save_figure(fig, path)
 
 
+def _lr_ticks(ax, lrs: list[float]) -> None:
+    """Log lr axis; the lrs tried as plain-number ticks when there are few."""
+    ax.set_xscale("log")
+    if len(lrs) <= 12:
+        ax.set_xticks(lrs, [f"{x:g}" for x in lrs])
+        ax.set_xticks([], minor=True)
+
+
 def plot_divergence_vs_lr(summaries: Mapping[str, SchemeSummary], path: Path) -> Path | None:
-    rows = [s for s in summaries.values() if s.divergence_by_lr]
+    """Share of finished trials that failed (any kind of trainers.outcome.FAILURE_KINDS) per learning rate;
+    dotted, for a scheme where other kinds occurred, the share that diverged alone."""
+    rows = [s for s in summaries.values() if s.failures_by_lr]
     if not rows:
         return None
     fig, axes = new_figure(7.5, 4.4)
     ax = axes[0, 0]
-    any_collapse = False
+    any_other = False
     for k, s in enumerate(rows):
-        lrs = [r["lr"] for r in s.divergence_by_lr]
+        lrs = [r["lr"] for r in s.failures_by_lr]
         # Offset overlapping lines a little so every scheme stays visible where rates coincide.
         nudge = (k - (len(rows) - 1) / 2) * 0.6
-        rates = [r["rate"] * 100 + nudge for r in s.divergence_by_lr]
-        ax.plot(
-            lrs,
-            rates,
-            marker="o",
-            color=scheme_color(s.name),
-            lw=2,
-            label=f"{s.name} ({s.n_finished} trials)",
-        )
-        if any(r.get("n_collapsed") for r in s.divergence_by_lr):  # failures including collapses, dotted
-            any_collapse = True
-            ax.plot(
-                lrs,
-                [r.get("failure_rate", r["rate"]) * 100 + nudge for r in s.divergence_by_lr],
-                marker="o",
-                mfc="none",
-                ls=":",
-                color=scheme_color(s.name),
-                lw=2,
-                label=f"{s.name}: diverged or collapsed",
-            )
-    ax.set_xscale("log")
-    lrs = sorted({r["lr"] for s in rows for r in s.divergence_by_lr})
-    if len(lrs) <= 12:  # label the lrs tried, in plain numbers
-        ax.set_xticks(lrs, [f"{x:g}" for x in lrs])
-        ax.set_xticks([], minor=True)
+        kinds = ", ".join(f"{s.failures[kind].n} {kind}" for kind in FAILURE_KINDS if s.failures[kind].n)
+        ax.plot(lrs, [r["failure_rate"] * 100 + nudge for r in s.failures_by_lr], marker="o",
+                color=scheme_color(s.name), lw=2, label=f"{s.name} ({s.n_finished} trials: {kinds or 'none failed'})")
+        if s.n_failed > s.failures[DIVERGED].n:  # other kinds occurred: the divergences alone, dotted
+            any_other = True
+            ax.plot(lrs, [r["rates"][DIVERGED] * 100 + nudge for r in s.failures_by_lr], marker="o", mfc="none",
+                    ls=":", color=scheme_color(s.name), lw=2, label=f"{s.name}: diverged only")
+    _lr_ticks(ax, sorted({r["lr"] for s in rows for r in s.failures_by_lr}))
     ax.set_ylim(-5, 105)
     ax.set_xlabel("learning rate (log scale)")
-    ax.set_ylabel("trials diverged (%)" + (" / failed (%, dotted)" if any_collapse else ""))
+    ax.set_ylabel("trials failed, any kind (%)" + (" / diverged (%, dotted)" if any_other else ""))
     ax.set_title(
-        "Divergence rate vs learning rate (all init scales and seeds)\n"
-        + ("dotted: diverged or collapsed (finite, at chance)\n" if any_collapse else "")
+        "Failure rate vs learning rate (all init scales and seeds; " + ", ".join(FAILURE_KINDS) + ")\n"
+        + ("dotted: diverged only\n" if any_other else "")
         + "(lines nudged apart by < 2 pts where they overlap)",
         fontsize=10,
     )
     ax.grid(alpha=0.3)
     ax.legend(title="scheme", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return save_figure(fig, path)
+
+
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def plot_lr_sensitivity(summaries: Mapping[str, SchemeSummary], path: Path) -> Path | None:
+    """Left: min(final, initial) train loss per lr, mean over seeds with their range, one line per scheme
+    and init scale. Right: each scheme's learning-rate sensitivity with its 95% interval over seeds."""
+    rows = [s for s in summaries.values() if s.sensitivity is not None and s.sensitivity.mean is not None]
+    if not rows:
+        return None
+    fig, axes = new_figure(12.5, 4.6, ncols=2)
+    ax, bars = axes[0, 0], axes[0, 1]
+    lrs: set[float] = set()
+    for s in rows:
+        for j, w in enumerate(w for w in s.sensitivity.sweeps if w.loss_by_lr):
+            x = [r["lr"] for r in w.loss_by_lr]
+            lrs.update(x)
+            color = scheme_color(s.name)
+            scale = "" if w.init_scale is None else f", init {w.init_scale:g}"
+            ax.plot(x, [r["mean"] for r in w.loss_by_lr], marker="o", color=color, ls=LINESTYLES[j % 4], lw=2,
+                    label=f"{s.name}{scale}")
+            ax.fill_between(x, [r["min"] for r in w.loss_by_lr], [r["max"] for r in w.loss_by_lr], color=color,
+                            alpha=0.12, lw=0)
+    _lr_ticks(ax, sorted(lrs))
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("min(final, initial) train loss (nats)")
+    ax.set_title("Final train loss per learning rate (diverged = initial loss)\nmean over seeds, band: min–max",
+                 fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7.5, title="scheme", loc="upper left")
+    for i, s in enumerate(rows):
+        sens = s.sensitivity
+        iv = sens.interval
+        err = [[sens.mean - iv.lo], [iv.hi - sens.mean]] if iv else None
+        bars.bar(i, sens.mean, 0.6, yerr=err, capsize=5, color=scheme_color(s.name), edgecolor="black", lw=0.6)
+        top = iv.hi if iv else sens.mean
+        bars.text(i, top, f"{sens.mean:.2f}\n(n={sens.n_seeds})", ha="center", va="bottom", fontsize=8)
+    bars.set_xticks(range(len(rows)), [s.name for s in rows])
+    bars.set_ylabel("learning-rate sensitivity (nats)")
+    bars.margins(y=0.15)
+    bars.set_title("Learning-rate sensitivity (Wortsman et al. 2023), 95% t interval over seeds\n"
+                   "lower: more of the swept rates reach the best loss", fontsize=10)
     return save_figure(fig, path)
 
 

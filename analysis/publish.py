@@ -6,8 +6,11 @@ On a cluster the report folder is on the head node and the MLflow UI is all a te
   every plot report.json names;
 - each scheme run gets its own stability map and curves (its representative trials' loss and gradient
   norm) under ``report/``;
-- the runs' descriptions (MLflow's run notes): each scheme run one line on its trials, the study run one
-  line per scheme and where the report is.
+- each scheme run gets its learning-rate sensitivity as metrics (``lr_sensitivity`` and the ends of its
+  95% interval, ``lr_sensitivity_lo``/``_hi``: :mod:`analysis.sensitivity`), comparable in the runs table;
+- the runs' descriptions (MLflow's run notes): each scheme run one line on its trials — every outcome kind,
+  errored ones apart — its best configuration's convergence and sensitivity, the study run one line per
+  scheme and where the report is.
 Logging again (``normstudy report`` once more) replaces the files of the same names.
 
 The writes go through a :class:`Publisher` the caller injects (``study.tracking.StudyTracker`` is one):
@@ -25,6 +28,7 @@ from typing import Protocol
 from analysis import collect, curve_plots
 from analysis.collect import StudyData
 from analysis.summarize import SchemeSummary
+from trainers.outcome import FAILURE_KINDS, STABLE
 
 ARTIFACT_DIR = "report"
 REPORT_FILES = ("report.html", "report.md", "report.json")
@@ -42,6 +46,9 @@ class Publisher(Protocol):
 
     def set_note(self, run_id: str, text: str) -> None:
         """Set the run's description (MLflow's run note)."""
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Log ``metrics`` on the run at ``step``."""
 
     def runs_table_url(self) -> str:
         """The link to the experiment's runs table, for the study run's description."""
@@ -73,6 +80,9 @@ class DeferredPublisher:
     def set_note(self, run_id: str, text: str) -> None:
         self._for_run(run_id).set_note(run_id, text)
 
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        self._for_run(run_id).log_metrics(run_id, metrics, step)
+
     def runs_table_url(self) -> str:
         if self._publisher is None:
             raise PublishError("runs_table_url before any run was written: the experiment is not known yet")
@@ -97,15 +107,18 @@ def _num(x: float | None, fmt: str = ".2f") -> str:
 
 
 def scheme_note(s: SchemeSummary) -> str:
-    """One line: "8 trials, 3 diverged (2 loss_spike, 1 non_finite_loss); best lr 0.1, init scale 1:
-    train 0.91 / test 0.71 over 2 seeds; largest stable lr 0.1 (init scale 1), 0.03 (init scale 3)"."""
-    note = f"{s.n_trials} trials, {s.n_diverged} diverged"
-    if s.divergence_causes:
-        note += " (" + ", ".join(f"{n} {c}" for c, n in s.divergence_causes.items()) + ")"
-    if s.n_collapsed:
-        note += f", {s.n_collapsed} collapsed (" + ", ".join(f"{n} {c}" for c, n in s.collapse_causes.items()) + ")"
-    if s.n_finished < s.n_trials:
-        note += f", {s.n_trials - s.n_finished} did not finish"
+    """One line: "15 trials: 9 stable, 3 diverged (3 loss_explosion), 0 collapsed, 2 stalled, 1 errored; best
+    lr 0.1, init scale 1: train 0.91 / test 0.71 over 3 seeds, not converged; largest stable lr 0.1 (init
+    scale 1); lr sensitivity 1.36 [1.1, 1.6]"."""
+    parts = [f"{s.outcomes.get(STABLE, 0)} stable"]
+    for kind in FAILURE_KINDS:
+        k = s.failures[kind]
+        parts.append(f"{k.n} {kind}" + (" (" + ", ".join(f"{n} {c}" for c, n in k.causes.items()) + ")"
+                                        if k.n and k.causes else ""))
+    parts += [f"{s.n_errored} errored"] if s.n_errored else []
+    left = s.n_trials - s.n_finished - s.n_errored
+    parts += [f"{left} did not finish"] if left else []
+    note = f"{s.n_trials} trials: " + ", ".join(parts)
     if s.best is not None:
         cfg = s.best.config
         at = ", ".join(f"{label} {cfg[k]:g}" for k, label in (("lr", "lr"), ("init_scale", "init scale"))
@@ -113,12 +126,28 @@ def scheme_note(s: SchemeSummary) -> str:
         seeds = s.best.train_top1.n
         note += (f"; best {at}: train {_num(s.best.train_top1.mean)} / test {_num(s.best.test_top1.mean)}"
                  f" over {seeds} seed{'s' if seeds != 1 else ''}")
+        if s.convergence is not None and s.convergence.converged is not None:
+            note += ", converged" if s.convergence.converged else ", not converged"
     stable = [(c.get("init_scale"), c.get("lr")) for c in s.stability.largest_stable_lr]
     if stable:
-        parts = [("none" if lr is None else f"{lr:g}") + ("" if scale is None else f" (init scale {scale:g})")
-                 for scale, lr in stable]
-        note += "; largest stable lr " + ", ".join(parts)
+        lrs = [("none" if lr is None else f"{lr:g}") + ("" if scale is None else f" (init scale {scale:g})")
+               for scale, lr in stable]
+        note += "; largest stable lr " + ", ".join(lrs)
+    if s.sensitivity is not None and s.sensitivity.mean is not None:
+        iv = s.sensitivity.interval
+        note += f"; lr sensitivity {s.sensitivity.mean:.2f}" + (f" [{iv.lo:.2f}, {iv.hi:.2f}]" if iv else "")
     return note
+
+
+def sensitivity_metrics(s: SchemeSummary) -> dict[str, float]:
+    """The scheme run's metrics: ``lr_sensitivity`` and its interval's ends (none when not measured)."""
+    sens = s.sensitivity
+    if sens is None or sens.mean is None:
+        return {}
+    out = {"lr_sensitivity": sens.mean}
+    if sens.interval is not None:
+        out |= {"lr_sensitivity_lo": sens.interval.lo, "lr_sensitivity_hi": sens.interval.hi}
+    return out
 
 
 def study_note(study: StudyData, summaries: Mapping[str, SchemeSummary], runs_url: str) -> str:
@@ -146,6 +175,7 @@ def publish_report(
                 curves = curve_plots.plot_curves({sch.name: s}, trials, Path(tmp) / f"curves_{file_stem(sch.name)}.png")
                 files += [curves] if curves else []
                 publisher.log_artifacts(sch.run_id, files, ARTIFACT_DIR)
+                publisher.log_metrics(sch.run_id, sensitivity_metrics(s))
                 publisher.set_note(sch.run_id, scheme_note(s))
         publisher.set_note(study.run_id, study_note(study, summaries, publisher.runs_table_url()))
     except Exception as err:  # noqa: BLE001 - MLflow, HTTP and artifact-store errors all land here

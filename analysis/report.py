@@ -6,9 +6,9 @@
 writes into ``out_dir``: report.json (schema: docs/report.md), report.md, a self-contained report.html
 and the PNG plots, then, given a ``publisher`` (:class:`analysis.publish.Publisher`; the CLI passes
 ``study.tracking.StudyTracker``), logs them to the study's MLflow runs (docs/mlflow_layout.md). The
-pipeline: collect (MLflow → dataclasses) → summarize / claims / early_warning (pure) → plots,
-curve_plots → document, sections, failure_sections (report.json's dict and the sections) → render (md,
-html) → publish.
+pipeline: collect (MLflow → dataclasses) → summarize (stability_map, sensitivity, convergence) / claims /
+paper / early_warning (pure) → plots, curve_plots → document, sections, outcome_sections,
+failure_sections (report.json's dict and the sections) → render (md, html) → publish.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis import claims as claims_mod
-from analysis import collect, curve_plots, document, early_warning, plots, render
+from analysis import collect, curve_plots, document, early_warning, paper, plots, render
 from analysis.collect import DEFAULT_EXPERIMENT, ReportError
 from analysis.publish import DeferredPublisher, Publisher, PublisherFactory, PublishError, file_stem, publish_report
 from analysis.summarize import SchemeSummary, summarize_scheme
@@ -54,6 +54,7 @@ def _draw(summaries: dict[str, SchemeSummary], trials, out: Path) -> dict[str, A
     drawn = {
         "accuracy": plots.plot_accuracy(summaries, out / "accuracy.png"),
         "divergence_vs_lr": plots.plot_divergence_vs_lr(summaries, out / "divergence_vs_lr.png"),
+        "lr_sensitivity": plots.plot_lr_sensitivity(summaries, out / "lr_sensitivity.png"),
         "curves": curve_plots.plot_curves(summaries, trials, out / "curves.png"),
         "signal_propagation": curve_plots.plot_signal_propagation(summaries, trials, out / "signal_propagation.png"),
         "step_time": plots.plot_step_time(summaries, out / "step_time.png"),
@@ -62,7 +63,8 @@ def _draw(summaries: dict[str, SchemeSummary], trials, out: Path) -> dict[str, A
 
 
 def summarize_all(study: collect.StudyData) -> dict[str, SchemeSummary]:
-    return {s.name: summarize_scheme(s) for s in study.schemes}
+    classes = collect.num_classes(study.params)  # ln C: the initial loss of trials that did not record one
+    return {s.name: summarize_scheme(s, classes) for s in study.schemes}
 
 
 def render_report(study: collect.StudyData, summaries: dict[str, SchemeSummary], out_dir: str | Path) -> Path:
@@ -71,13 +73,13 @@ def render_report(study: collect.StudyData, summaries: dict[str, SchemeSummary],
     Returns the path of report.html."""
     trials = {(t.scheme, t.trial_id): t for s in study.schemes for t in s.trials}
     claims = claims_mod.evaluate_claims(summaries)
-    comparison = claims_mod.paper_comparison(claims, summaries, study.params)
+    comparison = paper.paper_comparison(claims, summaries, study.params)
     ew = early_warning.evaluate(t for s in study.schemes for t in s.trials)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     drawn = _draw(summaries, trials, out)
-    setup = claims_mod.our_setup(study.params)
+    setup = paper.our_setup(study.params)
     data = _clean(document.build_data(study, summaries, claims, comparison, setup, ew, drawn))
     (out / "report.json").write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     sections = document.build_sections(data, out)

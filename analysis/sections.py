@@ -1,6 +1,7 @@
-"""The report's human-readable sections on the study, the paper's claims, each scheme's results, its
-curves and the cost of normalization, written from report.json's dictionary (:mod:`analysis.document`);
-the sections on stability, divergence and early warning are in :mod:`analysis.failure_sections`."""
+"""The report's human-readable sections on the study, the paper's claims, each scheme's results (with its
+best configuration's convergence mark), its curves and the cost of normalization, written from
+report.json's dictionary (:mod:`analysis.document`); the sections on stability, learning-rate sensitivity
+and outcomes are in :mod:`analysis.outcome_sections`, early warning in :mod:`analysis.failure_sections`."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from analysis.formatting import fmt_config, fmt_stat, image_blocks, pct
+from analysis.claims import profile_text
+from analysis.formatting import fmt_config, fmt_stat, image_blocks, pct, rate_text
 from analysis.render import Section, Table
+from trainers.outcome import FAILURE_KINDS
 
 
 def study_section(d: dict) -> Section:
@@ -32,10 +35,27 @@ def study_section(d: dict) -> Section:
                 ],
             ),
             "Accuracies are final top-1 fractions shown as %; means ± sample standard deviation over stable "
-            "seeds; every rate counts finished trials only (trained to the end or diverged). A trial *failed* "
-            "when it diverged or collapsed (stayed finite but ended at chance accuracy); stable = neither.",
+            "seeds; every rate counts finished trials only (stable or failed). A trial *failed* when it "
+            + ", ".join(FAILURE_KINDS[:-1]) + f" or {FAILURE_KINDS[-1]} (section Outcomes); stable = none of "
+            "them. Errored trials (the run raised) are counted apart and enter no rate.",
         ],
     )
+
+
+def unconverged(d: dict) -> list[str]:
+    """The schemes whose best configuration is marked not converged."""
+    return [n for n, s in d["schemes"].items()
+            if s["best"] and s["best"]["convergence"] and s["best"]["convergence"]["converged"] is False]
+
+
+def convergence_flag(d: dict) -> list[str]:
+    """A bold line naming the unconverged schemes (none when every best configuration converged)."""
+    names = unconverged(d)
+    if not names:
+        return []
+    why = "; ".join(f"{n}: {d['schemes'][n]['best']['convergence']['reason']}" for n in names)
+    return [f"**Not converged at this budget: {', '.join(names)}** ({why}). Claim 1 compares where training "
+            "ends, so it is inconclusive while a scheme it compares has not converged."]
 
 
 def claims_section(d: dict) -> Section:
@@ -44,6 +64,7 @@ def claims_section(d: dict) -> Section:
         "claims",
         "The paper's claims on this study's data",
         [
+            *convergence_flag(d),
             "Gitman & Ginsburg 2017 (arXiv:1709.08145) on ResNet-50/ImageNet; each claim judged on this "
             "study's own numbers (rules in docs/report.md). Every comparison carries a 95% interval (over "
             "seeds for accuracies, over trials for failure rates, over profiler repeats for step shares): "
@@ -69,24 +90,40 @@ def paper_section(d: dict) -> Section:
     )
 
 
+def _converged(b: Mapping[str, Any] | None) -> str:
+    c = b and b.get("convergence")
+    if not c or c["converged"] is None:
+        return "n/a"
+    return ("yes" if c["converged"] else "**no**") + f" ({c['reason']})"
+
+
+def _by_kind(s: Mapping[str, Any]) -> str:
+    """"2 diverged (loss_explosion ×2), 1 stalled": the failures of each kind that occurred."""
+    parts = []
+    for k in FAILURE_KINDS:
+        f = s["failures"][k]
+        if f["n"]:
+            causes = ", ".join(f"{c} ×{n}" for c, n in f["causes"].items())
+            parts.append(f"{f['n']} {k}" + (f" ({causes})" if causes else ""))
+    return ", ".join(parts) or "none"
+
+
 def schemes_section(d: dict, out: Path) -> Section:
     rows = []
     for name, s in d["schemes"].items():
         b = s["best"]
         best = fmt_config(b["config"]) + ("" if b["all_seeds_stable"] else f" ({_lost(b)})") if b else None
-        causes = ", ".join(f"{c} ×{n}" for c, n in s["divergence_causes"].items()) or "—"
-        collapses = ", ".join(f"{c} ×{n}" for c, n in s["collapse_causes"].items())
         rows.append(
             [
                 name,
                 best or "no stable trial",
+                _converged(b),
                 fmt_stat(b["train_top1"]) if b else "n/a",
                 fmt_stat(b["test_top1"]) if b else "n/a",
                 fmt_stat(b["gap"]).replace("%", " pts") if b else "n/a",
-                f"{s['n_diverged']}/{s['n_finished']} ({pct(s['divergence_rate'])})",
-                causes,
-                f"{s['n_collapsed']}/{s['n_finished']} ({pct(s['collapse_rate'])})"
-                + (f": {collapses}" if collapses else ""),
+                rate_text(s["n_failed"], s["n_finished"], s["failure_rate"], s["failure_rate_ci"]),
+                _by_kind(s),
+                str(s["n_errored"]),
             ]
         )
     return Section(
@@ -94,17 +131,21 @@ def schemes_section(d: dict, out: Path) -> Section:
         "Per-scheme results",
         [
             "Best configuration = the hyperparameters (seed aside) with the highest mean final test top-1 "
-            "among configurations where no seed diverged or collapsed.",
+            "among configurations where no seed failed. *Converged* (docs/report.md): mean final train "
+            "top-1 ≥ 95% over its stable seeds and a train loss that no longer falls by more than 5% of its "
+            "initial value over the last tenth of the steps.",
+            *convergence_flag(d),
             Table(
                 [
                     "scheme",
                     "best configuration",
+                    "converged",
                     "train top-1",
                     "test top-1",
                     "gap (train − test)",
-                    "diverged / finished",
-                    "divergence causes",
-                    "collapsed / finished: causes",
+                    "failed / finished [95% CI]",
+                    "failures by kind",
+                    "errored (in no rate)",
                 ],
                 rows,
             ),
@@ -115,8 +156,7 @@ def schemes_section(d: dict, out: Path) -> Section:
 
 def _lost(b: Mapping[str, Any]) -> str:
     """What the best configuration's failed seeds did, in words."""
-    parts = [f"{b['n_diverged']} diverged"] if b["n_diverged"] else []
-    parts += [f"{b['n_collapsed']} collapsed"] if b.get("n_collapsed") else []
+    parts = [f"{n} {k}" for k, n in b["failures"].items() if n]
     return (" and ".join(parts) or "a seed failed") + f" of {b['n_seeds']} seeds"
 
 
@@ -155,6 +195,7 @@ def step_time_section(d: dict, out: Path) -> Section:
             pct(s["norm_share"]) if s["norm_share"] is not None else "not measured",
             pct(s["conv_share"]) if s["conv_share"] is not None else "not measured",
             f"{s['profile_step_time_s'] * 1e3:.2f} ms" if s["profile_step_time_s"] is not None else "—",
+            profile_text(s.get("profile") or {}) if s["norm_share"] is not None else "—",
         ]
         for n, s in d["schemes"].items()
     ]
@@ -169,6 +210,7 @@ def step_time_section(d: dict, out: Path) -> Section:
                     "normalization share",
                     "convolution share",
                     "profiled step",
+                    "profiled on (device, dtype, batch, where)",
                 ],
                 rows,
             ),

@@ -30,6 +30,8 @@ def trial(
     collapse_cause: str = "dead_relu",
     collapse_step: int | None = 10,
     collapse_layer: str = "layer3",
+    stalled: bool = False,
+    error: str | None = None,
     curves: dict[str, Curve] | None = None,
     metrics: dict[str, float] | None = None,
     trial_id: str | None = None,
@@ -42,6 +44,11 @@ def trial(
         train = 0.09 if train is None else train
         test = 0.10 if test is None else test
         m |= {"collapsed": 1.0, "collapse_step": float(collapse_step or 0)}
+    if stalled:  # finite to the end, did not fit: final accuracies are measured, well above chance
+        train = 0.2 if train is None else train
+        test = 0.18 if test is None else test
+        m |= {"stalled": 1.0}
+        m.setdefault("stall_loss_ratio", 0.9)
     if not diverged:
         m |= {"final_train_top1": train, "final_test_top1": test, "final_gap": train - test}
     m.setdefault("step_time_mean_s", 0.03)
@@ -52,7 +59,7 @@ def trial(
         run_id="",
         trial_id=tid,
         scheme=scheme,
-        status="FINISHED",
+        status="FAILED" if error else "FINISHED",
         hp=hp,
         seed=seed,
         diverged=diverged,
@@ -65,11 +72,14 @@ def trial(
         collapse_cause=collapse_cause if collapsed else None,
         collapse_step=collapse_step if collapsed else None,
         collapse_layer=collapse_layer if collapsed else None,
+        stalled=stalled,
+        error=error,
     )
 
 
-def study(schemes: dict[str, list[TrialData]], *, name: str = "S", scheme_metrics=None, params=None) -> StudyData:
-    scheme_metrics = scheme_metrics or {}
+def study(schemes: dict[str, list[TrialData]], *, name: str = "S", scheme_metrics=None, params=None,
+          scheme_tags=None) -> StudyData:
+    scheme_metrics, scheme_tags = scheme_metrics or {}, scheme_tags or {}
     return StudyData(
         name=name,
         run_id="",
@@ -82,8 +92,10 @@ def study(schemes: dict[str, list[TrialData]], *, name: str = "S", scheme_metric
             "training.batch_size": "64",
             "training.max_steps": "120",
             "data.image_size": "16",
+            "data.num_classes": "10",
         },
-        schemes=[SchemeData(n, "", {"scheme": n}, dict(scheme_metrics.get(n, {})), ts) for n, ts in schemes.items()],
+        schemes=[SchemeData(n, "", {"scheme": n}, dict(scheme_metrics.get(n, {})), ts, dict(scheme_tags.get(n, {})))
+                 for n, ts in schemes.items()],
     )
 
 
@@ -138,8 +150,11 @@ def _curves(rng, lr: float, steps: int, diverge_at: int | None, scheme: str, eve
 def realistic_study(steps: int = 120, seeds=(0, 1)) -> StudyData:
     """bn, wn, normprop and wn_trelu on an lr × init-scale grid; the WN family diverges at smaller lrs, and
     a few of its trials collapse (finite, at chance) just below where it diverges: wn at (lr 0.3, init 2)
-    seed 1, wn_trelu at (lr 1, init 0.5) both seeds."""
+    seed 1, wn_trelu at (lr 1, init 0.5) both seeds; BN stalls at lr 3 seed 1 (finite, did not fit, as BN at
+    lr 10 on the quick default), and normprop has a third seed at init 1 whose lr-0.1 trial errored. Every
+    finished trial has its initial and final train loss (``initial_train_loss``, ``final_train_loss``)."""
     collapses = {("wn", 0.3, 2.0, 1), ("wn_trelu", 1.0, 0.5, 0), ("wn_trelu", 1.0, 0.5, 1)}
+    stalls = {("bn", 3.0, None, 1)}
     lrs = (0.03, 0.1, 0.3, 1.0, 3.0)
     limits = {"bn": 3.0, "wn": 1.0, "normprop": 0.3, "wn_trelu": 1.0}  # first lr that diverges (init scale 1)
     base = {"bn": (0.82, 0.05), "wn": (0.80, 0.11), "normprop": (0.77, 0.09), "wn_trelu": (0.81, 0.10)}
@@ -157,15 +172,22 @@ def realistic_study(steps: int = 120, seeds=(0, 1)) -> StudyData:
                     train = test + base[scheme][1] + 0.005 * rng.standard_normal()
                     step = int(steps * (0.3 + 0.4 * rng.random())) if div else None
                     collapsed = (scheme, lr, init, seed) in collapses
+                    stalled = (scheme, lr, init, seed) in stalls
                     if collapsed:
                         train, test = 0.09 + 0.01 * seed, 0.1
+                    if stalled:
+                        train, test = 0.21, 0.18
+                    train = min(train, 1.0)
+                    losses = {"initial_train_loss": 2.3 + 0.02 * rng.standard_normal()}
+                    if not div:
+                        losses["final_train_loss"] = max(0.02, 2.3 * (1 - train) ** 1.5)
                     ts.append(
                         trial(
                             scheme,
                             lr,
                             seed,
                             init_scale=init,
-                            train=min(train, 1.0),
+                            train=train,
                             test=test,
                             diverged=div,
                             step=step,
@@ -174,13 +196,20 @@ def realistic_study(steps: int = 120, seeds=(0, 1)) -> StudyData:
                             collapsed=collapsed,
                             collapse_step=20 + 10 * seed,
                             collapse_layer="layer2",
+                            stalled=stalled,
                             curves=_curves(rng, lr, steps, step, scheme),
                             metrics={
-                                "step_time_mean_s": (0.031 if scheme == "bn" else 0.024) * (1 + 0.05 * rng.random())
+                                "step_time_mean_s": (0.031 if scheme == "bn" else 0.024) * (1 + 0.05 * rng.random()),
+                                **losses,
                             },
                         )
                     )
         schemes[scheme] = ts
+    # a third seed of normprop (init 1): lr 0.03 trained, lr 0.1 raised — the seed lacks rates of the sweep
+    loss = {"initial_train_loss": 2.3, "final_train_loss": 0.5}
+    schemes["normprop"] += [trial("normprop", 0.03, 2, init_scale=1.0, train=0.75, test=0.7, metrics=loss),
+                            trial("normprop", 0.1, 2, init_scale=1.0, train=0.8, test=0.7,
+                                  error="RuntimeError: CUDA out of memory")]
     shares = {
         "bn": {"norm_share": 0.27, "conv_share": 0.55, "profile_step_time_s": 0.031},
         "wn": {"norm_share": 0.06, "conv_share": 0.71, "profile_step_time_s": 0.024},
@@ -193,9 +222,9 @@ def realistic_study(steps: int = 120, seeds=(0, 1)) -> StudyData:
 
 
 def write_mlflow(client, experiment: str, st: StudyData, *, collapse_tags: bool = True) -> str:
-    """Write ``st`` as a study run, scheme runs and trial runs; return the study run's id. A collapsed
-    trial always has the loop's metrics (``collapsed``, ``collapse_step``); ``collapse_tags`` adds its
-    string tags too."""
+    """Write ``st`` as a study run, scheme runs (with their tags) and trial runs; return the study run's id.
+    A collapsed trial always has the loop's metrics (``collapsed``, ``collapse_step``); ``collapse_tags``
+    adds its string tags too. An errored trial's run ends FAILED with study/trial.py's note."""
     from mlflow.entities import Metric, Param
 
     exp = client.get_experiment_by_name(experiment)
@@ -213,6 +242,7 @@ def write_mlflow(client, experiment: str, st: StudyData, *, collapse_tags: bool 
                 "normstudy.study": st.name,
                 "normstudy.scheme": sch.name,
                 "mlflow.parentRunId": sid,
+                **sch.tags,
             },
         )
         client.log_batch(
@@ -236,6 +266,10 @@ def write_mlflow(client, experiment: str, st: StudyData, *, collapse_tags: bool 
                     "divergence_step": str(t.divergence_step),
                     "divergence_layer": t.divergence_layer,
                 }
+            if t.stalled:
+                tags |= {"outcome": "stalled", "stalled": "1"}
+            if t.error:  # study/trial.py's note on a run that raised
+                tags |= {"mlflow.note.content": f"errored: {t.error}"}
             if t.collapsed and collapse_tags:  # the tags study/trial.py sets from the loop's summary
                 tags |= {
                     "outcome": "collapsed",
@@ -260,7 +294,7 @@ def write_mlflow(client, experiment: str, st: StudyData, *, collapse_tags: bool 
             client.log_batch(rid, params=params)
             for i in range(0, len(metrics), 1000):
                 client.log_batch(rid, metrics=metrics[i : i + 1000])
-            client.set_terminated(rid)
+            client.set_terminated(rid, status=t.status)
         client.set_terminated(srun.info.run_id)
     client.set_terminated(sid)
     return sid

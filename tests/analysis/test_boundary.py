@@ -82,7 +82,7 @@ def test_draw_boundary_puts_each_bracket_in_its_row_between_its_rates():
     boundary = scheme_boundary(ts) + [{"init_scale": 9.0, "stable_lr": 1.0, "diverged_lr": 2.0, "trials": 2}]
     handles = draw_boundary(ax, boundary, smap.init_scales)
     assert [h.get_label() for h in handles] == ["boundary bracket", "boundary: stable lr",
-                                                "boundary: first diverged lr"]
+                                                "boundary: first failed lr"]
     bands = [c for c in ax.collections[before:] if isinstance(c, PolyCollection)]
     lines = [c for c in ax.collections[before:] if isinstance(c, LineCollection)]
     assert len(bands) == 2 and len(lines) == 4  # init scale 9 is not a row of this map: skipped

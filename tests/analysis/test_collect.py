@@ -1,5 +1,6 @@
 """Reading trials back from a real MLflow SQLite store (analysis/collect.py): outcomes — stable, diverged,
-collapsed — with their cause, step and layer, as the loop and study/trial.py record them."""
+collapsed, stalled, errored — with their cause, step and layer or error, and the scheme runs' profile tags,
+as the loop and study/trial.py record them."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ def _study():
                 trial("wn", 1.0, 0, diverged=True, step=7, cause="non_finite_loss", layer="layer1.0.conv2.g"),
                 trial("wn", 0.3, 0, collapsed=True, collapse_step=5, collapse_layer="layer2",
                       metrics={"collapse_dead_frac": 0.84}),
+                trial("wn", 3.0, 0, stalled=True, metrics={"stall_loss_ratio": 0.97}),
             ]
-        }
+        },
+        scheme_tags={"wn": {"normstudy.profile_device": "cpu", "normstudy.profile_where": "driver"}},
     )
 
 
@@ -29,7 +32,10 @@ def test_outcomes_read_back_from_mlflow(store, tagged):
     write_mlflow(client, "normstudy", _study(), collapse_tags=tagged)
     (wn,) = read_study(uri, client=client).schemes
     by_outcome = {t.outcome: t for t in wn.trials}
-    assert set(by_outcome) == {"stable", "diverged", "collapsed"}
+    assert set(by_outcome) == {"stable", "diverged", "collapsed", "stalled"}
+    assert by_outcome["stalled"].failed and by_outcome["stalled"].final("stall_loss_ratio") == 0.97
+    s = summarize_scheme(wn)
+    assert s.profile == {"device": "cpu", "dtype": None, "batch": None, "where": "driver"}
     stable, div, col = by_outcome["stable"], by_outcome["diverged"], by_outcome["collapsed"]
     assert not stable.failed and not stable.collapsed and stable.collapse_step is None
     assert div.failed and not div.collapsed
@@ -61,8 +67,13 @@ def test_a_failed_run_is_errored_whatever_its_metrics_say(store):
     ]})
     write_mlflow(client, "normstudy", st)
     exp_id = client.get_experiment_by_name("normstudy").experiment_id
-    for tid in ("raised_after_eval", "raised_after_diverging"):
+    notes = {"raised_after_eval": {"mlflow.note.content": "errored: RuntimeError: CUDA out of memory"},
+             "raised_after_diverging": {"normstudy.failure_reason": "Traceback (most recent call last):\n  ...\n"
+                                                                   "OSError: disk full\n"}}
+    for tid, tags in notes.items():
         (run,) = client.search_runs([exp_id], f"tags.`normstudy.trial_id` = '{tid}'")
+        for k, v in tags.items():
+            client.set_tag(run.info.run_id, k, v)
         client.set_terminated(run.info.run_id, status="FAILED")
     (wn,) = read_study(uri, client=client).schemes
     by_id = {t.trial_id: t for t in wn.trials}
@@ -70,8 +81,11 @@ def test_a_failed_run_is_errored_whatever_its_metrics_say(store):
         t = by_id[tid]
         assert (t.status, t.outcome, t.finished, t.failed) == ("FAILED", "errored", False, False)
         assert not t.diverged and not t.collapsed and t.divergence_step is None
+    assert by_id["raised_after_eval"].error == "RuntimeError: CUDA out of memory"
+    assert by_id["raised_after_diverging"].error == "OSError: disk full"  # the reason's last line
     s = summarize_scheme(wn)
-    assert (s.n_trials, s.n_finished, s.n_diverged, s.n_failed) == (3, 1, 0, 0)
+    assert (s.n_trials, s.n_finished, s.n_failed, s.n_errored) == (3, 1, 0, 2)
+    assert {r["error"] for r in s.errored_trials} == {"RuntimeError: CUDA out of memory", "OSError: disk full"}
 
 
 def test_the_outcome_is_read_from_tags_and_metrics_merged(store):
@@ -79,8 +93,9 @@ def test_the_outcome_is_read_from_tags_and_metrics_merged(store):
     write_mlflow(client, "normstudy", _study(), collapse_tags=False)
     exp_id = client.get_experiment_by_name("normstudy").experiment_id
     runs = client.search_runs([exp_id], "tags.`normstudy.role` = 'trial'")
-    stable = next(r for r in runs if r.data.tags["diverged"] == "0" and "collapsed" not in r.data.metrics)
+    stable = next(r for r in runs if r.data.tags["diverged"] == "0"
+                  and not {"collapsed", "stalled"} & set(r.data.metrics))
     client.set_tag(stable.info.run_id, "collapsed", "1")  # the end tag of study/trial.py, as a string
     (wn,) = read_study(uri, client=client).schemes
-    assert sorted(t.outcome for t in wn.trials) == ["collapsed", "collapsed", "diverged"]
+    assert sorted(t.outcome for t in wn.trials) == ["collapsed", "collapsed", "diverged", "stalled"]
     assert sum(t.collapsed for t in wn.trials) == 2

@@ -20,7 +20,8 @@ SECTIONS = {
     "paper": "Side by side with the paper",
     "schemes": "Per-scheme results",
     "stability": "Stability maps",
-    "divergence": "Divergence and collapse",
+    "sensitivity": "Learning-rate sensitivity",
+    "failures": "Outcomes: failures of every kind, and errored trials",
     "early-warning": "Early warning",
     "curves": "Loss and gradient-norm curves",
     "signal-propagation": "Signal propagation",
@@ -29,6 +30,7 @@ SECTIONS = {
 PLOTS = [
     "accuracy.png",
     "divergence_vs_lr.png",
+    "lr_sensitivity.png",
     "curves.png",
     "signal_propagation.png",
     "step_time.png",
@@ -82,6 +84,7 @@ def test_json_top_level_schema(demo_report):
         "claims",
         "paper_comparison",
         "early_warning",
+        "lr_sensitivity",
         "plots",
     }
     assert list(data["schemes"]) == ["bn", "wn", "normprop", "wn_trelu"]
@@ -92,30 +95,57 @@ def test_json_top_level_schema(demo_report):
     assert {c["status"] for c in wn["stability_map"]["cells"]} == {"stable", "mixed", "diverged"}
     trelu = data["schemes"]["wn_trelu"]
     assert {c["status"] for c in trelu["stability_map"]["cells"]} == {"stable", "mixed", "diverged", "collapsed"}
-    assert (wn["n_collapsed"], trelu["n_collapsed"], data["schemes"]["bn"]["n_collapsed"]) == (1, 2, 0)
-    assert trelu["n_failed"] == trelu["n_diverged"] + 2 and trelu["collapse_causes"] == {"dead_relu": 2}
+    bn = data["schemes"]["bn"]
+    assert {c["lr"]: c["status"] for c in bn["stability_map"]["cells"]}[3.0] == "failed"  # diverged + stalled
+    n = {name: {k: f["n"] for k, f in s["failures"].items()} for name, s in data["schemes"].items()}
+    assert (n["wn"]["collapsed"], n["wn_trelu"]["collapsed"], n["bn"]["collapsed"]) == (1, 2, 0)
+    assert (n["bn"]["stalled"], n["bn"]["diverged"]) == (1, 1)
+    assert trelu["n_failed"] == sum(n["wn_trelu"].values()) and trelu["failures"]["collapsed"]["causes"] == {
+        "dead_relu": 2}
     assert trelu["failure_rate"] == pytest.approx(trelu["n_failed"] / trelu["n_finished"])
-    assert [(t["lr"], t["init_scale"], t["layer"]) for t in trelu["collapsed_trials"]] == [(1.0, 0.5, "layer2")] * 2
+    collapsed = [t for t in trelu["failed_trials"] if t["outcome"] == "collapsed"]
+    assert [(t["lr"], t["init_scale"], t["layer"]) for t in collapsed] == [(1.0, 0.5, "layer2")] * 2
     # the collapse at (lr 0.3, init 2) makes 0.1 wn's largest stable lr there
     assert {"init_scale": 2.0, "lr": 0.1} in wn["stability_map"]["largest_stable_lr"]
-    assert data["schema_version"] == 2
-    assert data["early_warning"]["thresholds"]["grad_norm_rel"] == 10.0
-    assert data["early_warning"]["recommended"]["all"] in {"grad_norm", "update_ratio_max", "sharpness_lr"}
+    # errored: counted, listed with its error, in no rate
+    normprop = data["schemes"]["normprop"]
+    assert normprop["n_errored"] == 1 and normprop["n_finished"] == normprop["n_trials"] - 1
+    assert normprop["errored_trials"][0]["error"] == "RuntimeError: CUDA out of memory"
+    # lr sensitivity: which losses, per init scale and per scheme; seed 2 of normprop lacks rates
+    assert data["lr_sensitivity"]["final_loss"] == "final_train_loss"
+    assert data["lr_sensitivity"]["initial_loss"] == "initial_train_loss"
+    sens = normprop["lr_sensitivity"]
+    assert [w["init_scale"] for w in sens["sweeps"]] == [0.5, 1.0, 2.0] and sens["n_seeds"] == 2
+    assert sens["sweeps"][1]["incomplete_seeds"] == [2]
+    assert bn["lr_sensitivity"]["mean"] < wn["lr_sensitivity"]["mean"] < normprop["lr_sensitivity"]["mean"]
+    # convergence: the demo's best configurations train to ~87%, so none is converged and claim 1 says so
+    assert bn["best"]["convergence"]["converged"] is False
+    assert data["claims"][0]["reason"].startswith("inconclusive: bn, wn, normprop, wn_trelu not converged")
+    assert data["claims"][2]["evidence"]["measured_on"]["bn"]["device"] is None
+    assert data["schema_version"] == 3  # the early-warning block's own keys: tests/analysis/test_early_warning.py
 
 
-def test_the_divergence_table_lists_collapses_with_cause_step_and_stage(demo_report):
+def test_the_outcome_section_shows_every_failure_kind_and_errored_trials(demo_report):
     md = (demo_report / "report.md").read_text(encoding="utf-8")
-    section = md.split("## Divergence and collapse")[1].split("\n## ")[0]
+    section = md.split("## Outcomes: failures of every kind, and errored trials")[1].split("\n## ")[0]
     rows = [r for r in section.splitlines() if r.startswith("| wn") and "| collapsed |" in r]
     assert len(rows) == 3
-    assert all("| dead_relu | layer2 |" in r for r in rows)
+    assert all("| dead_relu | layer2" in r for r in rows)
     assert "| wn | wn_lr0.3_is2.0_s1 | 0.3 | 2 | 1 | collapsed | 30 |" in section
-    assert "diverged and 3 collapsed" in section
+    assert "| bn | bn_lr3_is-_s1 | 3 | - | 1 | stalled |" in section and "final loss 0.90 × min(L0, ln C)" in section
+    header = next(r for r in section.splitlines() if r.startswith("| scheme | trials |"))
+    assert all(f"{k} / finished [95% CI]" in header for k in ("diverged", "collapsed", "stalled"))
+    assert "| bn | 10 | 10 | 8 | 1/10 (10.0% [2%, 40%])" in section  # bn: 1 diverged, 1 stalled of 10
+    assert "| normprop | wn_lr0.1_is1.0_s2 |" not in section  # the errored trial has its own table
+    assert "| normprop | normprop_lr0.1_is1.0_s2 | 0.1 | 1 | 2 | RuntimeError: CUDA out of memory |" in section
     schemes = md.split("## Per-scheme results")[1].split("\n## ")[0]
-    assert "2/30 (6.7%): dead_relu ×2" in schemes
+    assert "2 collapsed (dead_relu ×2)" in schemes and "**no** (train top-1" in schemes
+    assert "**Not converged at this budget: bn, wn, normprop, wn_trelu**" in schemes
+    sens = md.split("## Learning-rate sensitivity")[1].split("\n## ")[0]
+    assert "| normprop | all init scales (mean per seed) |" in sens and "seeds 2 lack a rate" in sens
 
 
-def test_the_stability_map_marks_collapsed_cells_apart_from_diverged_ones(monkeypatch, tmp_path):
+def test_the_stability_map_marks_each_failure_kind_apart(monkeypatch, tmp_path):
     from analysis import plots
     from analysis.summarize import summarize_scheme
     from tests.analysis.synth import study, trial
@@ -126,6 +156,8 @@ def test_the_stability_map_marks_collapsed_cells_apart_from_diverged_ones(monkey
         trial("wn", 0.3, 1, train=0.8, test=0.6),
         trial("wn", 1.0, 0, diverged=True, step=3),
         trial("wn", 1.0, 1, collapsed=True),
+        trial("wn", 3.0, 0, stalled=True),
+        trial("wn", 3.0, 1, stalled=True),
     ]
     figs = []
     monkeypatch.setattr(plots, "save_figure", lambda fig, path: figs.append(fig) or path)
@@ -134,10 +166,11 @@ def test_the_stability_map_marks_collapsed_cells_apart_from_diverged_ones(monkey
     ax = fig.axes[0]
     marks = [(line.get_marker(), line.get_color()) for line in ax.lines]
     assert marks.count(("o", plots.COLLAPSED_INK)) == 2 and marks.count(("x", plots.DIVERGED_INK)) == 1
+    assert marks.count(("s", plots.STALLED_INK)) == 1  # the stalled cell: its own mark, not × or ○
     texts = {t.get_text() for t in ax.texts}
-    assert "1/2 collapsed" in texts and "1/2 div., 1/2 coll." in texts
+    assert "1/2 collapsed" in texts and "1/2 div., 1/2 coll." in texts and "2/2 stalled" in texts
     legend = [t.get_text() for lg in fig.legends for t in lg.get_texts()]
-    assert any("collapsed" in t for t in legend) and any("diverged" in t for t in legend)
+    assert all(any(k in t for t in legend) for k in ("diverged", "collapsed", "stalled"))
 
 
 def test_scheme_colours_are_fixed_and_unknown_names_get_a_stable_fallback():

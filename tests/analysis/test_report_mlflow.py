@@ -46,7 +46,9 @@ def known_study(bn_better: bool, name: str, shares: dict | None = None):
 
     def ok(scheme, lr, seed, train, test, init=None, spike_at=None, extra=None):
         curves = {"grad_norm": grad(spike_at=spike_at), "loss": loss()} | (extra or {})
-        return trial(scheme, lr, seed, init_scale=init, train=train, test=test, curves=curves)
+        # a store older than initial_train_loss: the report falls back to ln C for the initial loss
+        return trial(scheme, lr, seed, init_scale=init, train=train, test=test, curves=curves,
+                     metrics={"final_train_loss": 2.0 * (1 - train)})
 
     def div(scheme, lr, seed, step, cause, init=None):
         curves = {"grad_norm": grad(div=step), "loss": loss(div=step)}
@@ -70,7 +72,10 @@ def known_study(bn_better: bool, name: str, shares: dict | None = None):
         div("wn", 1.0, 0, 25, "nonfinite_loss", init=2.0),
         ok("wn", 1.0, 1, 0.80, 0.60, init=2.0),
     ]
-    return study({"bn": bn, "wn": wn}, name=name, scheme_metrics=shares)
+    where = {"normstudy.profile_device": "cpu", "normstudy.profile_dtype": "float32",
+             "normstudy.profile_batch": "64", "normstudy.profile_where": "worker"}
+    return study({"bn": bn, "wn": wn}, name=name, scheme_metrics=shares,
+                 scheme_tags={"bn": where, "wn": where} if shares else None)
 
 
 @pytest.fixture(scope="module")
@@ -115,29 +120,34 @@ def test_report_json_numbers(two_studies, tmp_path):
     assert wn["best"]["train_top1"]["mean"] == pytest.approx(0.91)
     assert wn["best"]["gap"]["mean"] == pytest.approx(0.20)
 
-    assert bn["divergence_rate"] == pytest.approx(1 / 6) and wn["divergence_rate"] == pytest.approx(3 / 8)
-    assert wn["divergence_causes"] == {"loss_spike": 2, "nonfinite_loss": 1}
+    assert bn["failures"]["diverged"]["rate"] == pytest.approx(1 / 6)
+    assert wn["failures"]["diverged"]["rate"] == pytest.approx(3 / 8) == wn["failure_rate"]
+    assert wn["failures"]["diverged"]["causes"] == {"loss_spike": 2, "nonfinite_loss": 1}
+    assert wn["outcomes"] == {"stable": 5, "diverged": 3, "collapsed": 0, "stalled": 0, "errored": 0,
+                              "unfinished": 0}
     assert bn["stability_map"]["largest_stable_lr"] == [{"init_scale": None, "lr": 1.0}]
     assert wn["stability_map"]["largest_stable_lr"] == [
         {"init_scale": 1.0, "lr": 0.1},
         {"init_scale": 2.0, "lr": 0.1},
     ]
-    assert {(t["step"], t["cause"]) for t in wn["diverged_trials"]} == {
-        (20, "loss_spike"),
-        (30, "loss_spike"),
-        (25, "nonfinite_loss"),
+    assert {(t["outcome"], t["step"], t["cause"]) for t in wn["failed_trials"]} == {
+        ("diverged", 20, "loss_spike"),
+        ("diverged", 30, "loss_spike"),
+        ("diverged", 25, "nonfinite_loss"),
     }
-    assert bn["diverged_trials"][0]["layer"] == "layer3.0.conv2"
+    assert bn["failed_trials"][0]["layer"] == "layer3.0.conv2"
+    # lr sensitivity read through MLflow, the initial loss from ln C (no initial_train_loss in this store)
+    assert data["lr_sensitivity"]["initial_loss"].startswith("ln(num_classes) (the study predates")
+    # bn, seed 0: lrs 0.1, 1, 3 → losses 0.4, 0.3, ln 10 (diverged); best 0.3
+    assert bn["lr_sensitivity"]["per_seed"][0] == {"seed": 0, "value": pytest.approx((0.4 + 0.3 + 2.302585) / 3 - 0.3)}
+    assert bn["best"]["convergence"]["converged"] is False  # 81% train
     assert bn["step_time_s"]["mean"] == pytest.approx(0.03)
 
     # two seeds a configuration: the means point the paper's way, but the 95% intervals hold 0
     assert _verdicts(data) == {1: "inconclusive", 2: "inconclusive", 3: "not measured"}
     ci = data["claims"][0]["evidence"]["wn"]["test_minus_bn_ci"]
     assert ci["level"] == 0.95 and ci["lo"] < ci["estimate"] < ci["hi"]
-    g = data["early_warning"]["per_signal"]["grad_norm"]
-    assert (g["n_diverged"], g["n_warned"], g["lead_median"]) == (4, 4, 4)
-    assert (g["n_stable"], g["n_false_alarms"]) == (10, 1)
-    assert data["early_warning"]["per_scheme"]["bn"]["grad_norm"]["false_alarm_rate"] == pytest.approx(0.2)
+    assert "early_warning" in data  # its numbers: tests/analysis/test_early_warning.py
     assert data["plots"]["signal_propagation"] == "signal_propagation.png"
 
 
@@ -151,6 +161,10 @@ def test_claims_flip_with_the_data(two_studies, tmp_path):
     assert _verdicts(data) == {1: "inconclusive", 2: "inconclusive", 3: "confirmed"}
     assert "BN has the lower test top-1 here" in data["claims"][0]["reason"]
     assert data["schemes"]["bn"]["norm_share"] == 0.3
+    # claim 3 says where the shares were profiled (the scheme runs' tags), in report.json and in words
+    assert data["claims"][2]["evidence"]["measured_on"]["wn"] == {"device": "cpu", "dtype": "float32",
+                                                                  "batch": "64", "where": "worker"}
+    assert data["claims"][2]["reason"].endswith("Measured on: cpu, float32, batch 64 per worker, in the worker.")
 
 
 def test_study_selection_by_run_id_and_by_name(two_studies, tmp_path):
@@ -258,11 +272,17 @@ def test_report_is_logged_to_the_study_and_scheme_runs(two_studies, tmp_path):
     summaries = summarize_all(st)
     for sch in st.schemes:
         assert _artifacts(client, sch.run_id) == {f"stability_{sch.name}.png", f"curves_{sch.name}.png"}
-        note = client.get_run(sch.run_id).data.tags["mlflow.note.content"]
-        assert note == scheme_note(summaries[sch.name])
+        run = client.get_run(sch.run_id)
+        assert run.data.tags["mlflow.note.content"] == scheme_note(summaries[sch.name])
+        sens = data["schemes"][sch.name]["lr_sensitivity"]
+        assert run.data.metrics["lr_sensitivity"] == pytest.approx(sens["mean"])
+        assert (run.data.metrics["lr_sensitivity_lo"], run.data.metrics["lr_sensitivity_hi"]) == pytest.approx(
+            (sens["ci"]["lo"], sens["ci"]["hi"]))
     wn = client.get_run(st.schemes[1].run_id).data.tags["mlflow.note.content"]
-    assert wn.startswith("8 trials, 3 diverged (2 loss_spike, 1 nonfinite_loss); best lr 0.1, init scale 1: "
-                         "train 0.91 / test 0.71 over 2 seeds; largest stable lr 0.1 (init scale 1)")
+    assert wn.startswith("8 trials: 5 stable, 3 diverged (2 loss_spike, 1 nonfinite_loss), 0 collapsed, 0 stalled; "
+                         "best lr 0.1, init scale 1: train 0.91 / test 0.71 over 2 seeds, not converged; "
+                         "largest stable lr 0.1 (init scale 1)")
+    assert "; lr sensitivity " in wn
     study_note = client.get_run(ids["bn_wins"]).data.tags["mlflow.note.content"]
     assert "report/report.html" in study_note and f"- **wn**: {wn}" in study_note
     exp = client.get_experiment_by_name("normstudy")  # reporting on it marked the experiment model-training
@@ -306,6 +326,9 @@ class RecordingPublisher:
     def set_note(self, run_id: str, text: str) -> None:
         self.notes[run_id] = text
 
+    def log_metrics(self, run_id: str, metrics, step: int = 0) -> None:
+        self.metrics = getattr(self, "metrics", {}) | {run_id: dict(metrics)}
+
     def runs_table_url(self) -> str:
         return "#/experiments/42/runs"
 
@@ -328,6 +351,8 @@ def test_main_makes_the_publisher_for_the_study_experiment_once_the_study_is_rea
     assert pub.artifacts[st.run_id] >= {"report.html", "report.md", "report.json"}
     assert {sch.run_id for sch in st.schemes} <= set(pub.artifacts)
     assert "[runs table](#/experiments/42/runs)" in pub.notes[st.run_id]
+    assert {sch.run_id for sch in st.schemes} == set(pub.metrics)
+    assert all("lr_sensitivity" in m for m in pub.metrics.values())
     assert client.list_artifacts(ids["wn_wins"]) == []  # it wrote only through the publisher
 
     # a report that cannot be made never makes a publisher: nothing is created in MLflow
@@ -337,7 +362,7 @@ def test_main_makes_the_publisher_for_the_study_experiment_once_the_study_is_rea
 
 
 def test_study_tracker_is_a_publisher():
-    for name in ("log_artifacts", "set_note", "runs_table_url"):
+    for name in ("log_artifacts", "set_note", "log_metrics", "runs_table_url"):
         want = inspect.signature(getattr(Publisher, name))
         have = inspect.signature(getattr(StudyTracker, name))
         assert str(have) == str(want), name  # the same parameters, annotations and return type

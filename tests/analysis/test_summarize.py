@@ -1,4 +1,5 @@
-"""Per-scheme statistics, stability map and representative trials on hand-made trials (no MLflow)."""
+"""Per-scheme statistics, stability map and representative trials on hand-made trials (no MLflow): every
+failure kind counted apart and together, errored trials listed and in no rate."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import math
 
 import pytest
 
-from analysis.summarize import best_config, group_configs, levels, stability_map, stat, summarize_scheme
+from analysis.stability_map import levels, stability_map
+from analysis.summarize import best_config, group_configs, stat, summarize_scheme
 from tests.analysis.synth import study, trial
 
 
@@ -82,14 +84,15 @@ def test_many_distinct_lrs_are_binned_on_a_log_axis():
 def test_summarize_scheme_rates_causes_and_representatives():
     st = study({"wn": _wn_trials()}, scheme_metrics={"wn": {"norm_share": 0.05}})
     s = summarize_scheme(st.schemes[0])
-    assert (s.n_trials, s.n_finished, s.n_diverged) == (8, 8, 3)
-    assert s.divergence_rate == pytest.approx(3 / 8)
-    assert s.divergence_causes == {"loss_spike": 2, "nonfinite_loss": 1}
+    div = s.failures["diverged"]
+    assert (s.n_trials, s.n_finished, div.n, s.outcomes["diverged"]) == (8, 8, 3, 3)
+    assert div.rate == pytest.approx(3 / 8) and div.rate_ci[0] < 3 / 8 < div.rate_ci[1]
+    assert div.causes == {"loss_spike": 2, "nonfinite_loss": 1}
     assert s.norm_share == 0.05 and s.conv_share is None
     assert s.representative_stable == "wn_lr0.1_is1.0_s0"
     assert s.representative_diverged == "wn_lr1_is1.0_s0"  # smallest lr, then earliest divergence
-    assert [r["rate"] for r in s.divergence_by_lr] == [0.0, 0.75]
-    assert {d["step"] for d in s.diverged_trials} == {20, 25, 30}
+    assert [r["rates"]["diverged"] for r in s.failures_by_lr] == [0.0, 0.75]
+    assert {d["step"] for d in s.failed_trials} == {20, 25, 30}
 
 
 def test_unfinished_trials_are_left_out_of_rates():
@@ -97,7 +100,7 @@ def test_unfinished_trials_are_left_out_of_rates():
     running.metrics.pop("final_test_top1")
     st = study({"bn": [trial("bn", 0.1, 0, train=0.8, test=0.7), running]})
     s = summarize_scheme(st.schemes[0])
-    assert (s.n_trials, s.n_finished, s.divergence_rate) == (2, 1, 0.0)
+    assert (s.n_trials, s.n_finished, s.failure_rate, s.outcomes["unfinished"]) == (2, 1, 0.0, 1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -114,7 +117,8 @@ def test_a_collapsed_seed_is_a_failure_in_its_configuration():
     ]
     groups = {g.config["lr"]: g for g in group_configs(ts)}
     g = groups[0.3]
-    assert (g.n, g.n_diverged, g.n_collapsed, g.n_failed) == (2, 0, 1, 1) and not g.all_seeds_stable
+    assert (g.n, g.failures, g.n_failed) == (2, {"diverged": 0, "collapsed": 1, "stalled": 0}, 1)
+    assert not g.all_seeds_stable
     assert g.test_top1.mean == pytest.approx(0.45) and g.test_top1.n == 1  # the stable seed only
     best = best_config(list(groups.values()))
     assert best.config["lr"] == 0.1 and best.all_seeds_stable  # lower accuracy, but no seed failed
@@ -127,7 +131,7 @@ def test_a_configuration_whose_seeds_all_collapsed_is_never_the_best():
     assert best_config(group_configs(ts)).config["lr"] == 0.01
 
 
-def test_stability_map_cells_count_collapses_and_name_the_status():
+def test_stability_map_cells_count_each_failure_kind_and_name_the_status():
     ts = [
         trial("wn", 0.1, 0, train=0.8, test=0.7),
         trial("wn", 0.3, 0, train=0.8, test=0.6),
@@ -135,17 +139,20 @@ def test_stability_map_cells_count_collapses_and_name_the_status():
         trial("wn", 1.0, 0, collapsed=True),
         trial("wn", 1.0, 1, collapsed=True),  # collapsed
         trial("wn", 3.0, 0, collapsed=True),
-        trial("wn", 3.0, 1, diverged=True, step=4),  # failed: every trial, both ways
+        trial("wn", 3.0, 1, diverged=True, step=4),  # failed: every trial, two ways
         trial("wn", 10.0, 0, diverged=True, step=2),  # diverged
+        trial("wn", 0.03, 0, stalled=True),
+        trial("wn", 0.03, 1, stalled=True),  # stalled: finite, did not fit — its accuracy is no stable cell's
     ]
     m = stability_map(ts)
     status = {c.lr: c.status for c in m.cells}
-    assert status == {0.1: "stable", 0.3: "mixed", 1.0: "collapsed", 3.0: "failed", 10.0: "diverged"}
+    assert status == {0.03: "stalled", 0.1: "stable", 0.3: "mixed", 1.0: "collapsed", 3.0: "failed",
+                      10.0: "diverged"}
     c = m.cell(0.3, None)
-    assert (c.n, c.n_diverged, c.n_collapsed, c.n_failed) == (2, 0, 1, 1)
+    assert (c.n, c.failures, c.n_failed) == (2, {"diverged": 0, "collapsed": 1, "stalled": 0}, 1)
     assert c.test_top1 == pytest.approx(0.6)  # the collapsed trial's accuracy is not in the cell's mean
-    assert m.cell(1.0, None).test_top1 is None
-    # no seed failed: only lr 0.1 (the collapse at 0.3 counts like a divergence)
+    assert m.cell(1.0, None).test_top1 is None and m.cell(0.03, None).test_top1 is None
+    # no seed failed: only lr 0.1 (the collapse at 0.3 counts like a divergence, the stall at 0.03 too)
     assert m.largest_stable_lr == [{"init_scale": None, "lr": 0.1}]
 
 
@@ -157,21 +164,28 @@ def test_summarize_scheme_counts_collapses_apart_from_divergences():
               collapse_layer="", metrics={"collapse_dead_frac": 0.2}),
     ]
     ts[-2].collapse_cause = None  # untagged: counted as "unknown"
+    ts.append(trial("wn", 0.03, 0, init_scale=1.0, stalled=True, metrics={"stall_loss_ratio": 0.93,
+                                                                           "steps_done": 300.0}))
     s = summarize_scheme(study({"wn": ts}).schemes[0])
-    assert (s.n_finished, s.n_diverged, s.n_collapsed, s.n_failed) == (10, 3, 2, 5)
-    assert s.divergence_rate == pytest.approx(3 / 10)
-    assert (s.collapse_rate, s.failure_rate) == (pytest.approx(2 / 10), pytest.approx(5 / 10))
-    assert s.divergence_causes == {"loss_spike": 2, "nonfinite_loss": 1}
-    assert s.collapse_causes == {"unknown": 1, "chance_accuracy": 1}
-    rows = {r["seed"]: r for r in s.collapsed_trials}
-    assert (rows[0]["cause"], rows[0]["step"], rows[0]["layer"]) == (None, 10, "layer2")
-    assert (rows[1]["cause"], rows[1]["step"], rows[1]["dead_frac"]) == ("chance_accuracy", 150, 0.2)
-    assert rows[1]["train_top1"] == pytest.approx(0.09) and rows[0]["dead_frac"] is None
-    assert {d["step"] for d in s.diverged_trials} == {20, 25, 30}  # collapses are not divergences
-    by_lr = {r["lr"]: r for r in s.divergence_by_lr}
-    assert by_lr[0.3] == {"lr": 0.3, "n": 2, "n_diverged": 0, "rate": 0.0, "n_collapsed": 2,
-                          "collapse_rate": 1.0, "n_failed": 2, "failure_rate": 1.0}
-    assert by_lr[1.0]["failure_rate"] == pytest.approx(0.75)
+    n = {k: v.n for k, v in s.failures.items()}
+    assert (s.n_finished, n, s.n_failed) == (11, {"diverged": 3, "collapsed": 2, "stalled": 1}, 6)
+    assert s.failures["diverged"].rate == pytest.approx(3 / 11)
+    assert (s.failures["collapsed"].rate, s.failure_rate) == (pytest.approx(2 / 11), pytest.approx(6 / 11))
+    assert s.failures["diverged"].causes == {"loss_spike": 2, "nonfinite_loss": 1}
+    assert s.failures["collapsed"].causes == {"unknown": 1, "chance_accuracy": 1}
+    assert s.failures["stalled"].causes == {}  # a stall has no cause tag: its detail is the loss ratio
+    rows = {(r["outcome"], r["seed"]): r for r in s.failed_trials}
+    assert [r["outcome"] for r in s.failed_trials].count("diverged") == 3
+    c0, c1, st = rows[("collapsed", 0)], rows[("collapsed", 1)], rows[("stalled", 0)]
+    assert (c0["cause"], c0["step"], c0["layer"]) == (None, 10, "layer2")
+    assert (c1["cause"], c1["step"], c1["dead_frac"]) == ("chance_accuracy", 150, 0.2)
+    assert c1["train_top1"] == pytest.approx(0.09) and c0["dead_frac"] is None
+    assert (st["cause"], st["step"], st["loss_ratio"], st["train_top1"]) == (None, 300, 0.93, 0.2)
+    by_lr = {r["lr"]: r for r in s.failures_by_lr}
+    assert by_lr[0.3] == {"lr": 0.3, "n": 2, "failures": {"diverged": 0, "collapsed": 2, "stalled": 0},
+                          "rates": {"diverged": 0.0, "collapsed": 1.0, "stalled": 0.0}, "n_failed": 2,
+                          "failure_rate": 1.0}
+    assert by_lr[1.0]["failure_rate"] == pytest.approx(0.75) and by_lr[0.03]["failures"]["stalled"] == 1
     assert s.representative_stable == "wn_lr0.1_is1.0_s0"
 
 
@@ -185,10 +199,13 @@ def test_the_representative_stable_trial_is_never_a_collapsed_one():
 
 def test_an_errored_trial_enters_no_rate_no_mean_and_no_best_configuration():
     # it raised (run FAILED) after a final evaluation: its accuracy says nothing, by the one outcome rule
-    errored = dataclasses.replace(trial("wn", 0.3, 0, train=0.99, test=0.99), status="FAILED")
+    errored = dataclasses.replace(trial("wn", 0.3, 0, train=0.99, test=0.99), status="FAILED", error="OSError: x")
     ts = [trial("wn", 0.1, 0, train=0.6, test=0.5), errored, trial("wn", 0.3, 1, train=0.6, test=0.4)]
     s = summarize_scheme(study({"wn": ts}).schemes[0])
     assert (s.n_trials, s.n_finished, s.n_failed, s.failure_rate) == (3, 2, 0, 0.0)
+    assert s.n_errored == 1 and s.outcomes["errored"] == 1
+    assert s.errored_trials == [{"trial_id": errored.trial_id, "run_id": "", "lr": 0.3, "init_scale": None,
+                                 "seed": 0, "error": "OSError: x"}]
     assert s.stability.cell(0.3, None).n == 1 and s.stability.cell(0.3, None).test_top1 == pytest.approx(0.4)
     assert s.best.config["lr"] == 0.1 and s.best.test_top1.mean == pytest.approx(0.5)
     assert errored.trial_id not in {*s.best.trial_ids, s.representative_stable}
