@@ -254,12 +254,9 @@ def claim_cost(summaries: Mapping[str, SchemeSummary]) -> Claim:
     measured = [s for s in family if s.norm_share is not None]
     if bn is None or bn.norm_share is None or not measured:
         missing = "BN" if bn is None or bn.norm_share is None else "any WN-family scheme"
-        return Claim(
-            3,
-            text,
-            NOT_MEASURED,
-            f"No normalization share (scheme metric norm_share) was profiled for {missing}.",
-        )
+        errors = "; ".join(f"{s.name}: {s.profile_error}" for s in (bn, *family) if s is not None and s.profile_error)
+        return Claim(3, text, NOT_MEASURED, f"No normalization share (scheme metric norm_share) was profiled for "
+                     f"{missing}." + (f" The profile failed — {errors}." if errors else ""))
     evidence: dict[str, Any] = {"bn": {"norm_share": bn.norm_share, "conv_share": bn.conv_share}}
     verdicts, parts = [], []
     for s in measured:

@@ -27,6 +27,7 @@ ACT_STD_PREFIX = "act_std/"  # per-stage activation std, read only for represent
 # Where claim 3's step shares were profiled (scheme-run tags, docs/mlflow_layout.md): device, dtype, the
 # per-worker batch, and "driver" or "worker". A store older than them has none: the report says so.
 PROFILE_TAGS = {k: f"normstudy.profile_{k}" for k in ("device", "dtype", "batch", "where")}
+PROFILE_ERROR_TAG = "normstudy.profile_error"  # the profile failed: claim 3 is not measured for that scheme
 NOTE_TAG = "mlflow.note.content"
 _PAGE = 1000
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from analysis.collect import PROFILE_TAGS, SchemeData, TrialData
+from analysis.collect import PROFILE_ERROR_TAG, PROFILE_TAGS, SchemeData, TrialData
 from analysis.convergence import Convergence, convergence_of
 from analysis.intervals import wilson
 from analysis.sensitivity import LossPoint, Sensitivity, loss_points, sensitivity
@@ -169,6 +169,7 @@ class SchemeSummary:
     norm_share_std: float | None = None  # over the profiler's repeated windows (trainers/profiling.py)
     profile_repeats: int = 0
     profile: dict[str, str | None] = field(default_factory=dict)  # where the shares were measured (PROFILE_TAGS)
+    profile_error: str | None = None  # why the profile failed (its tag), when it did
     convergence: Convergence | None = None  # of the best configuration
     sensitivity: Sensitivity | None = None  # learning-rate sensitivity over every swept rate
     loss_points: list[LossPoint] = field(default_factory=list, repr=False)
@@ -251,6 +252,7 @@ def summarize_scheme(scheme: SchemeData, num_classes: int | None = None) -> Sche
         norm_share_std=_share(scheme.metrics, "norm_share_std"),
         profile_repeats=int(_share(scheme.metrics, "profile_repeats") or 0),
         profile={k: scheme.tags.get(tag) or None for k, tag in PROFILE_TAGS.items()},
+        profile_error=scheme.tags.get(PROFILE_ERROR_TAG) or None,
         convergence=convergence_of(best_trials, num_classes) if best is not None else None,
         sensitivity=sensitivity(points),
         loss_points=points,

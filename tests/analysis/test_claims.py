@@ -133,6 +133,9 @@ def test_claim3_says_where_it_was_measured_and_not_recorded_when_the_store_preda
     assert old.reason.endswith("Measured on: not recorded.") and old.evidence["measured_on"]["wn"]["device"] is None
     mixed = claim_cost(summaries(metrics=shares, tags={"bn": where, "wn": {"normstudy.profile_where": "driver"}}))
     assert "wn: device not recorded, dtype not recorded, batch not recorded, in the driver" in mixed.reason
+    failed = claim_cost(summaries(metrics={"bn": shares["bn"]},
+                                  tags={"wn": {"normstudy.profile_error": "no worker free within 600 s"}}))
+    assert failed.verdict == NOT_MEASURED and "The profile failed — wn: no worker free within 600 s." in failed.reason
 
 
 def test_claim3_needs_norm_share_for_bn_and_a_wn_family_scheme():
