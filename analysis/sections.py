@@ -67,9 +67,10 @@ def claims_section(d: dict) -> Section:
             *convergence_flag(d),
             "Gitman & Ginsburg 2017 (arXiv:1709.08145) on ResNet-50/ImageNet; each claim judged on this "
             "study's own numbers (rules in docs/report.md). Every comparison carries a 95% interval (over "
-            "seeds for accuracies, over trials for failure rates, over profiler repeats for step shares): "
-            "**confirmed** or **not confirmed** only when the interval excludes no effect, else "
-            "**inconclusive**.",
+            "seeds for accuracies and learning-rate sensitivities, over trials for failure rates, over "
+            "profiler repeats for step shares): **confirmed** or **not confirmed** only when the interval "
+            "excludes no effect, else **inconclusive**. Claim 2 has two bases, failure rates (every kind) "
+            "and learning-rate sensitivity, combined: confirmed only when both confirm.",
             Table(["#", "claim", "verdict", "numbers behind it"], rows),
         ],
     )
