@@ -28,7 +28,7 @@ from analysis.convergence import Convergence, convergence_of
 from analysis.intervals import wilson
 from analysis.sensitivity import LossPoint, Sensitivity, loss_points, sensitivity
 from analysis.stability_map import StabilityMap, failures_by_lr, kind_counts, stability_map
-from trainers.outcome import COLLAPSED, DIVERGED, ERRORED, FAILURE_KINDS, OUTCOMES, STABLE, STALLED
+from trainers.outcome import COLLAPSED, DIVERGED, ERRORED, FAILURE_KINDS, OUTCOMES, STABLE
 
 
 @dataclass(frozen=True)
@@ -207,12 +207,12 @@ def _trial_row(t: TrialData) -> dict[str, Any]:
 
 
 def failed_row(t: TrialData) -> dict[str, Any]:
-    """A failed trial for report.json: its outcome, cause, step, layer and — where it ended finite —
-    ``dead_frac`` (metric ``collapse_dead_frac``), ``loss_ratio`` (metric ``stall_loss_ratio``: the final
-    train loss over min(L0, ln C)) and its final accuracies."""
+    """A failed trial for report.json: its outcome, cause, step, layer and — where it ended finite (every
+    kind but diverged) — ``dead_frac`` (metric ``collapse_dead_frac``), ``loss_ratio`` (metric
+    ``stall_loss_ratio``: the final train loss over min(L0, ln C)) and its final accuracies."""
     cause, step, layer = _detail(t)
     row = _trial_row(t) | {"outcome": t.outcome, "cause": cause, "step": step, "layer": layer}
-    if t.outcome in (COLLAPSED, STALLED):
+    if t.outcome != DIVERGED:  # every other kind ended finite: its final numbers are measurements
         row |= {"dead_frac": t.final("collapse_dead_frac"), "loss_ratio": t.final("stall_loss_ratio"),
                 "train_top1": t.final("final_train_top1"), "test_top1": t.final("final_test_top1")}
     return row
