@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from trainers.divergence import DivergenceMonitor
@@ -57,6 +58,16 @@ def rng_states() -> dict[str, Any]:
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     return {"torch_rng": torch.get_rng_state(), "cuda_rng": [s.cpu() for s in cuda],
             "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}
+
+
+def gather_rng_states(world: int) -> list[dict[str, Any]] | None:
+    """Every rank's :func:`rng_states`, in rank order, on every rank (a collective: all ranks call it);
+    None with one rank or no process group."""
+    if world == 1 or not (dist.is_available() and dist.is_initialized()):
+        return None
+    states: list[Any] = [None] * world
+    dist.all_gather_object(states, rng_states())
+    return states
 
 
 def restore_rng_states(state: dict[str, Any]) -> None:

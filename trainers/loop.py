@@ -60,10 +60,10 @@ from trainers import norms
 from trainers.checkpoint import (
     CHECKPOINT_FILE,
     SUMMARY_FILE,
+    gather_rng_states,
     load_checkpoint,
     remove_checkpoint,
     resume_file,
-    rng_states,
     save_checkpoint,
     summary_only_checkpoint,
     write_summary,
@@ -299,15 +299,7 @@ def _checkpoint(run: TrainingRun) -> str | None:
     run.checkpointed_step = run.step
     return save_checkpoint(run.step, run.module, run.optimizer, run.monitor, run.session.world_rank,
                            extra={"initial_eval": run.initial_eval},
-                           rank_rngs=_gather_rng_states(run.session.world_size))
-
-
-def _gather_rng_states(world: int) -> list[dict[str, Any]] | None:
-    if world == 1 or not (dist.is_available() and dist.is_initialized()):
-        return None
-    states: list[Any] = [None] * world
-    dist.all_gather_object(states, rng_states())
-    return states
+                           rank_rngs=gather_rng_states(run.session.world_size))
 
 
 # --------------------------------------------------------------------------------------------------
