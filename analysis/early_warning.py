@@ -8,9 +8,12 @@ no false alarm: they enter neither rate (how many of them a signal fired on is r
 and unfinished trials enter nothing.
 
 **Scores** per trial and step: :mod:`analysis.warning_signals` (a diverged trial's steps strictly before
-its divergence step). A trial's *peak* is its largest score. ``any`` puts every signal on one scale — a
-score's rank among the training folds' stable peaks of that signal (their empirical distribution
-function) — and takes the largest over the signals logged at that step.
+its divergence step). A trial's *peak* is its largest score. ``any`` puts the signals on one scale — a
+score's rank among the training folds' stable peaks of that signal (the share of them strictly below it)
+— and takes the largest over the signals logged at that step, among the signals whose peaks separate the
+training folds' diverged from stable trials better than chance (AUC > ½: one that does not only adds
+false alarms). Several signals each compared with a few dozen stable peaks: a held-out stable trial above
+any one of them warns, so ``any``'s held-out false-alarm rate can exceed the target (the report shows it).
 
 **Thresholds by cross-validation over trials.** The trials are split into ``FOLDS`` folds *by
 configuration* (scheme and every hyperparameter but the seed), so the seeds of one configuration are
@@ -211,11 +214,18 @@ class _Trial:
 
 
 class _AnyRule:
-    """``any`` for one fold: each signal's score as its rank among the training stable peaks."""
+    """``any`` for one fold: each signal's score as its rank among the training stable peaks, over the
+    signals that separate the training folds' diverged from stable peaks better than chance (AUC > ½)."""
 
-    def __init__(self, train_stable: list[_Trial]) -> None:
-        ranked = {s: sorted(t.peaks[s] for t in train_stable if s in t.peaks) for s in SIGNALS}
-        self.ranked = {s: xs for s, xs in ranked.items() if xs}
+    def __init__(self, train: list[_Trial]) -> None:
+        stable = [t for t in train if t.kind == "stable"]
+        diverged = [t for t in train if t.kind == "diverged"]
+        self.ranked = {}
+        for s in SIGNALS:
+            neg = sorted(t.peaks[s] for t in stable if s in t.peaks)
+            auc = roc_auc([t.peaks[s] for t in diverged if s in t.peaks], neg)
+            if auc is not None and auc > 0.5:  # a signal no better than chance would only add false alarms
+                self.ranked[s] = neg
 
     def level(self, signal: str, x: float) -> float:
         """The share of training stable peaks strictly below ``x``: 1 only above all of them (a stable trial's
@@ -249,9 +259,9 @@ def _cross_validate(pool: list[_Trial], k: int, signal: str, target: float) -> t
     """Held-out verdicts (pool index -> verdict; trials without a score are absent) and each fold's threshold."""
     verdicts, thresholds = {}, []
     for f in range(k):
-        train = [t for t in pool if t.kind == "stable" and t.fold != f]
+        train = [t for t in pool if t.fold != f]
         curve_of, peak_of = _scorer(signal, train)
-        tau = threshold_for(p for p in map(peak_of, train) if p is not None)
+        tau = threshold_for(p for t in train if t.kind == "stable" and (p := peak_of(t)) is not None)
         thresholds.append(tau)
         for i, t in enumerate(pool):
             if t.fold != f or tau is None:
@@ -262,10 +272,11 @@ def _cross_validate(pool: list[_Trial], k: int, signal: str, target: float) -> t
     return verdicts, thresholds
 
 
-def _scorer(signal: str, train_stable: list[_Trial]) -> tuple[Callable[[_Trial], Curve | None],
-                                                               Callable[[_Trial], float | None]]:
+def _scorer(signal: str, train: list[_Trial]) -> tuple[Callable[[_Trial], Curve | None],
+                                                       Callable[[_Trial], float | None]]:
+    """(scores, peak) of a trial for ``signal``; ``train``: the training folds' trials (``any`` ranks on them)."""
     if signal == ANY:
-        rule = _AnyRule(train_stable)
+        rule = _AnyRule(train)
         return rule.curve, rule.peak
     return (lambda t: t.curves.get(signal)), (lambda t: t.peaks.get(signal))
 
@@ -348,7 +359,7 @@ def evaluate(trials: Iterable[TrialData], target: float = TARGET_FALSE_ALARM_RAT
             neg = [v.peak for i, v in verdicts.items() if pool[i].kind == "stable"]
             st.auc, st.auc_ci = roc_auc(pos, neg), auc_interval(pos, neg)
             st.fold_thresholds = fold_thresholds
-            _, peak_of = _scorer(s, [t for t in pool if t.kind == "stable"])
+            _, peak_of = _scorer(s, pool)
             st.threshold = threshold_for(p for t in pool if t.kind == "stable" and (p := peak_of(t)) is not None)
         for scheme_stats in per_scheme.values():
             scheme_stats[s].too_few = st.too_few
@@ -357,7 +368,7 @@ def evaluate(trials: Iterable[TrialData], target: float = TARGET_FALSE_ALARM_RAT
     recommended = {"all": recommend(per_signal)} | {k_: recommend(v) for k_, v in per_scheme.items()}
     return EarlyWarning(target, k, GROUPING, MIN_DIVERGED, MIN_STABLE, dict(counts),
                         {**DESCRIPTIONS, ANY: "the largest of the signals' ranks among the training folds' "
-                                              "stable peaks"},
+                                              "stable peaks (signals with training AUC > ½)"},
                         per_signal, dict(per_scheme), recommended, list(records.values()))
 
 

@@ -227,3 +227,20 @@ def test_too_few_trials_give_counts_and_a_sentence_not_rates():
 def test_one_configuration_cannot_be_cross_validated():
     ew = evaluate([stable(0.1, seed=s) for s in range(12)])
     assert ew.folds == 1 and ew.per_signal[ANY].too_few == "fewer than two configurations to cross-validate over"
+
+
+def test_any_leaves_out_a_signal_that_does_not_separate_on_the_training_folds():
+    """grad_norm peaks higher on stable trials than on diverged ones: in ``any`` it could only false-alarm."""
+    def grad(n: int, jump: float) -> Curve:
+        return curve([1.0] * 20 + [jump] * (n - 20))
+
+    trials = [trial("wn", 0.01 * (i + 1), 0, train=0.9, test=0.8,
+                    curves={"spike_ratio": spike_at(100, 50, 1.5), "grad_norm": grad(100, 20.0 + 5 * i)})
+              for i in range(12)]
+    trials += [trial("wn", 1.0 + i, 0, diverged=True, step=40,
+                     curves={"spike_ratio": spike_at(40, 30), "grad_norm": grad(40, 2.0)}) for i in range(6)]
+    ew = evaluate(trials)
+    assert ew.per_signal["grad_norm"].auc == 0.0 and ew.per_signal["grad_norm"].n_false_alarms >= 1
+    a, s = ew.per_signal[ANY], ew.per_signal["spike_ratio"]
+    assert (a.n_warned, a.n_false_alarms, a.lead_steps) == (s.n_warned, s.n_false_alarms, s.lead_steps)
+    assert (a.n_warned, a.n_false_alarms, a.lead_steps) == (6, 0, [10] * 6)
