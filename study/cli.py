@@ -227,7 +227,19 @@ def cmd_schemes(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import main as report_main
+    from study import store
     from study.tracking import StudyTracker
+
+    # another program's database or a half-made store is refused before MLflow would write its tables into it
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlruns.db"
+    if "://" not in uri and uri.endswith((".db", ".sqlite")):
+        uri = f"sqlite:///{Path(uri).absolute()}"
+    db = store.sqlite_file(uri)
+    if db is not None and db.is_file():
+        try:
+            store.check(db)
+        except SpecError as err:
+            raise SpecError(str(err).replace(store.FIELD, "--tracking-uri", 1)) from None
 
     return report_main(args, publisher_factory=StudyTracker)  # the report is logged through the study's tracker
 

@@ -64,7 +64,7 @@ def init_ray(spec: StudySpec) -> None:
                                                                     os.environ.get("PYTHONPATH")]))}}
     if address:
         # Under `ray job submit` or on a cluster: ray.init(num_cpus=...) would raise (docs/design.md §11).
-        ray.init(address=address, runtime_env=env, log_to_driver=False)
+        ray.init(address=address, runtime_env=env, log_to_driver=False, configure_logging=True, logging_level="ERROR")
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=env, log_to_driver=False,
                  configure_logging=True, logging_level="ERROR")
@@ -155,8 +155,8 @@ def _run(spec: StudySpec, stop: StopOnSignal, *, resume: bool, fresh: bool, out:
 
 def _run_experiments(spec: StudySpec, stop: StopOnSignal, configs: TrialConfigs, context: StudyContext,
                      result: StudyResult, root: Path, budget: int, *, resume: bool, out: TextIO | None) -> None:
-    """Every experiment of the study, in turn; a trial that finished lands in ``result.trials``. Trials a
-    signal stopped (no summary, no error) are left out: they run again on ``--resume``."""
+    """Every experiment of the study, in turn; each trial lands in ``result.trials``, except those a signal
+    stopped (no summary, no error): they run again on ``--resume``."""
     progress = TrialProgress(total=budget, out=out)
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), _trial_resources(spec))
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0 (we print lines)
@@ -175,7 +175,7 @@ def _run_experiments(spec: StudySpec, stop: StopOnSignal, configs: TrialConfigs,
             if trial is None:
                 continue
             done = TrialResult(trial, _trial_id(r), dict(r.metrics or {}), None if r.error is None else repr(r.error))
-            if done.outcome != UNFINISHED:
+            if done.outcome != UNFINISHED or stop.signum is None:  # (a scheduler's early stop is kept)
                 result.trials.append(done)
         stop.raise_if_stopped()
 

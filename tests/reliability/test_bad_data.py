@@ -254,3 +254,47 @@ def test_helpers_name_the_undecodable_file(tmp_path):
     with pytest.raises(ValueError, match=f"^data: cannot decode '{bad}'"):
         open_image(str(bad))
     assert open_image(files[1]).size == (24, 24)
+
+
+# --------------------------------------------------------------------------------------------------
+# issue 23: images per class, an imbalance beyond the stated ratio, a single class
+
+
+def _folder_study(root: Path, *extra: str):
+    return resolve_paths(spec_mod.load(None, TINY + [
+        "data.kind=folder", f"data.path={root}", "data.loader=torchvision", "data.image_size=16",
+        "data.eval_resize=20", "data.loader_workers=0", "data.train_eval_size=6", "training.batch_size=4",
+        "training.lr_reference_batch=4", *extra]))
+
+
+def _add_images(folder: Path, n: int) -> None:
+    for i in range(n):
+        Image.fromarray(np.full((24, 24, 3), (200, 60, i), np.uint8)).save(folder / f"more{i}.jpg", quality=95)
+
+
+def test_preflight_notes_images_per_class_and_refuses_an_imbalance_beyond_the_stated_ratio(tmp_path, monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    root = make_folder(tmp_path / "d")
+    assert preflight(_folder_study(root)) == [
+        "data: 3 classes, 12 train / 6 val images; per class: train 4-4 (median 4; fewest 'cat', most 'cat'), val 2-2"]
+    _add_images(root / "train" / "dog", 41 - 4)  # dog 41 : 4 = 10.25 > data.max_class_imbalance 10
+    with pytest.raises(SpecError, match=r"^data.path: class 'dog' has 41 training images, 10.2x the 4 of class 'cat' "
+                                        r"\(data.max_class_imbalance 10\); balance the classes \(is one linked in "
+                                        r"twice\?\) or raise data.max_class_imbalance$"):
+        preflight(_folder_study(root))
+    notes = preflight(_folder_study(root, "data.max_class_imbalance=11"))  # the stated ratio, raised: accepted
+    assert notes[0].startswith("data: 3 classes, 49 train / 6 val images; per class: train 4-41 (median 4;")
+
+
+def test_a_folder_of_one_class_is_refused(tmp_path, monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    root = make_folder(tmp_path / "d")
+    for split in ("train", "val"):
+        for name in ("dog", "eel"):
+            shutil.rmtree(root / split / name)
+    with pytest.raises(SpecError, match=r"^data.path: one class folder \('cat'\) leaves nothing to tell apart"):
+        preflight(_folder_study(root))

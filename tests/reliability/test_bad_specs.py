@@ -275,6 +275,7 @@ def test_preflight_error_through_the_cli(case, tmp_path, cwd, capsys, ray_cluste
     out, err = capsys.readouterr()
     assert rc == 2, (out, err)
     _check_line(err, case[2].replace("{cwd}", str(cwd)), inp)
+    assert "normstudy: study" not in out  # a refused study does not say it started
     assert written(cwd) == []
     assert not (inp / "nope").exists()
     assert seconds < 10, f"refused only after {seconds:.1f} s"

@@ -57,7 +57,7 @@ def mlflow_store(tmp_path_factory):
 
 
 def _stand_in(client):
-    def run_study(spec, *, resume=False, fresh=False, out=None, paths_checked=False):
+    def run_study(spec, *, resume=False, fresh=False, out=None, paths_checked=False, announce=None):
         from study.runner import resolve_paths
 
         spec = resolve_paths(spec)

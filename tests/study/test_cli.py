@@ -83,3 +83,15 @@ def test_run_of_a_study_whose_driver_lock_is_held_is_refused_in_one_line(tmp_pat
                                                        "by another driver (pid ")
         assert "`normstudy run --resume` continues it" in err and lock.is_file()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_study_says_it_started_only_once_its_preflight_passed(capsys):
+    """`_announce` is what run_study calls after the preflight (a refused study prints nothing on stdout:
+    tests/reliability/test_bad_specs.py); it prints the preflight's notes under the study's line."""
+    spec = cli._load(cli.build_parser().parse_args(["run", "--set", "schemes=[bn, wn]"]))
+    cli._announce(spec, ["data: 3 classes, 12 train / 6 val images"])
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"normstudy: study 'quick': bn, wn (grid search), MLflow {spec.tracking.tracking_uri}",
+                   "normstudy: data: 3 classes, 12 train / 6 val images"]
+    args = cli.build_parser().parse_args(["run", "--partial-report"])
+    assert args.partial_report is True and cli.build_parser().parse_args(["run"]).partial_report is False

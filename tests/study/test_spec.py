@@ -296,7 +296,7 @@ def test_flatten_values():
     assert flatten(s)["schemes.wn"] == str({"init_scale": 2.0})
 
 
-WITH_OPTIONS = {"schemes": {"bn": None, "wn": {"init_scale": 2}}, "data": {"path": "/x"}}
+WITH_OPTIONS = {"schemes": {"bn": None, "wn": {"init_scale": 2}}, "data": {"kind": "folder", "path": "/x"}}
 
 
 @pytest.mark.parametrize("raw", [{}, WITH_OPTIONS], ids=["defaults", "options"])
@@ -384,3 +384,18 @@ def test_mlflow_tracking_uri_env_replaces_only_the_default(tmp_path, monkeypatch
     assert spec.from_dict({}).tracking.tracking_uri == "http://127.0.0.1:5999"
     given = spec.from_dict({"tracking": {"tracking_uri": "sqlite:///x.db"}})
     assert given.tracking.tracking_uri == "sqlite:///x.db"
+
+
+def test_a_repeated_key_is_refused_at_any_depth_but_a_merge_key_may_be_overridden(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("schemes: [bn]\ntraining:\n  lr: 0.1\nsearch:\n  seeds: [0]\n  grid_lr: [0.1]\n  seeds: [1]\n")
+    with pytest.raises(SpecError) as err:
+        spec.load(path)
+    assert str(err.value) == f"{path}: key 'seeds' repeated at line 7 (first at line 5); keep one"
+    # YAML's merge key is an override by design: allowed (and the explicit value wins)
+    assert spec.parse_yaml("base: &b {lr: 0.3, batch_size: 64}\ntraining: {<<: *b, lr: 0.2}\n")["training"] == \
+        {"lr": 0.2, "batch_size": 64}
+    with pytest.raises(spec.DuplicateKey):
+        spec.parse_yaml("a: {b: {c: 1, c: 2}}")
+    with pytest.raises(spec.yaml.constructor.ConstructorError):  # still a safe loader: no Python objects
+        spec.parse_yaml("!!python/object/apply:os.getcwd []")

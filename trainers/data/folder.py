@@ -111,8 +111,8 @@ def scan_folder(data: DataSpec, *, verify: bool = False) -> FolderSplits:
                     len(skipped), root, _few([str(Path(p).relative_to(root)) for p in skipped], 3),
                     "/".join(IMG_EXTENSIONS))
     if walk.duplicates:
-        log.warning("data: %d image file(s) reached a second time through a link were counted once (e.g. %s is %s)",
-                    len(walk.duplicates), *walk.duplicates[0])
+        log.warning("data: %d file(s) or folder(s) reached a second time through a link were counted once "
+                    "(e.g. %s is %s)", len(walk.duplicates), *walk.duplicates[0])
     if verify:
         verify_images([p for p, _ in train] + [p for p, _ in val])
     return FolderSplits(tuple(train_classes), train, val, train_root, val_root, len(skipped), len(walk.duplicates))
