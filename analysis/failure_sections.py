@@ -1,106 +1,15 @@
-"""The report's sections on stability: the stability maps, divergence and collapse, and early warning,
-written from report.json's dictionary (:mod:`analysis.document`). Failures, stable rates and the boundary
-follow the one outcome rule (:mod:`trainers.outcome`)."""
+"""The report's early-warning section, written from report.json's ``early_warning`` dictionary
+(:mod:`analysis.early_warning`; schema in docs/report.md). The stability maps and the failures of every
+kind are in :mod:`analysis.outcome_sections`."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from analysis.early_warning import ALL_SIGNALS, SIGNALS
-from analysis.formatting import MAX_ROWS, fmt_scale, fmt_value, image_blocks, pct
-from analysis.render import Image, Section, Table
-
-
-def stability_section(d: dict, out: Path) -> Section:
-    rows = []
-    for name, s in d["schemes"].items():
-        per_scale = [
-            f"{fmt_scale(e['init_scale'])} → {fmt_value(e['lr']) if e['lr'] is not None else 'none'}"
-            for e in s["stability_map"]["largest_stable_lr"]
-        ]
-        rows.append([name, ", ".join(per_scale) or "no finished trial"])
-    maps = [
-        Image(out / path, f"Stability map of {name}.", half=True)
-        for name, path in d["plots"].get("stability_maps", {}).items()
-    ]
-    return Section(
-        "stability",
-        "Stability maps",
-        [
-            "Each cell: mean final test top-1 of the stable trials at that learning rate and init scale; × marks "
-            "a cell where a seed diverged, ○ one where a seed collapsed — stayed finite but ended at chance "
-            "accuracy (k/n seeds); the pink outline is the largest stable learning rate of its row — the "
-            "largest lr tried at which no seed diverged or collapsed.",
-            *maps,
-            Table(["scheme", "largest stable learning rate per init scale (init scale → lr)"], rows),
-        ],
-    )
-
-
-def divergence_section(d: dict, out: Path) -> Section:
-    trials = [(n, "diverged", t) for n, s in d["schemes"].items() for t in s["diverged_trials"]]
-    trials += [(n, "collapsed", t) for n, s in d["schemes"].items() for t in s["collapsed_trials"]]
-    rows = [
-        [
-            n,
-            t["trial_id"],
-            fmt_value(t["lr"]),
-            fmt_scale(t["init_scale"]),
-            fmt_value(t["seed"]),
-            outcome,
-            fmt_value(t["step"]),
-            t["cause"] or "—",
-            t["layer"] or "—",
-        ]
-        for n, outcome, t in trials[:MAX_ROWS]
-    ]
-    n_div = sum(s["n_diverged"] for s in d["schemes"].values())
-    n_col = sum(s["n_collapsed"] for s in d["schemes"].values())
-    n_fin = sum(s["n_finished"] for s in d["schemes"].values())
-    blocks: list = [
-        *image_blocks(
-            out,
-            d["plots"].get("divergence_vs_lr"),
-            "Share of trials that diverged at each learning rate; dotted, for a scheme with collapses, the share "
-            "that diverged or collapsed.",
-        ),
-        f"{n_div} of {n_fin} finished trials diverged and {n_col} collapsed. A collapse is a run that stayed "
-        "finite but ended at chance accuracy (the collapse rule in docs/report.md): `dead_relu` when most of "
-        "a stage's channels had died (step = the first detailed step past the threshold, layer = that "
-        "stage), `chance_accuracy` when none had but the train loss sat at a uniform guess's (step = the "
-        "last step).",
-    ]
-    if rows:
-        blocks.append(
-            Table(
-                [
-                    "scheme",
-                    "trial",
-                    "lr",
-                    "init scale",
-                    "seed",
-                    "outcome",
-                    "at step",
-                    "cause",
-                    "layer (diverged: the parameter that moved most; collapsed: the stage)",
-                ],
-                rows,
-            )
-        )
-        if len(trials) > MAX_ROWS:
-            blocks.append(
-                f"First {MAX_ROWS} of {len(trials)} diverged and collapsed trials; report.json lists all."
-            )
-    else:
-        blocks.append("No trial diverged or collapsed.")
-    return Section("divergence", "Divergence and collapse", blocks)
-
-
-def _share(n: int, total: int, rate: float | None, ci: list[float] | None) -> str:
-    """"3/15 (20% [7, 45])": a count of trials, its rate and the rate's 95% interval."""
-    return f"{n}/{total} ({pct(rate, 0)} [{pct(ci[0], 0)}, {pct(ci[1], 0)}])" if total and ci else "—"
+from analysis.formatting import MAX_ROWS, fmt_value, pct, rate_text
+from analysis.render import Section, Table
 
 
 def _threshold_text(st: Mapping[str, Any]) -> str:
@@ -122,8 +31,8 @@ def _ew_cells(st: Mapping[str, Any]) -> list[str]:
     """Warned before divergence, lead time, false alarms; "too few" in place of rates it has no numbers for."""
     if st["too_few"]:
         return [f"{st['n_diverged']} diverged, {st['n_stable']} stable scored: too few", "—", "—"]
-    det = _share(st["n_warned"], st["n_diverged"], st["detection_rate"], st["detection_rate_ci"])
-    fa = _share(st["n_false_alarms"], st["n_stable"], st["false_alarm_rate"], st["false_alarm_rate_ci"])
+    det = rate_text(st["n_warned"], st["n_diverged"], st["detection_rate"], st["detection_rate_ci"])
+    fa = rate_text(st["n_false_alarms"], st["n_stable"], st["false_alarm_rate"], st["false_alarm_rate_ci"])
     return [det, _lead_text(st), fa]
 
 
