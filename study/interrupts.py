@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -67,6 +68,8 @@ class StopOnSignal:
 
     def __enter__(self) -> StopOnSignal:
         _pending["signum"] = None
+        if threading.current_thread() is not threading.main_thread():
+            return self  # only the main thread may take signals (a study run from a thread: Tune's own handling)
         self._env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         for sig in SIGNALS:
@@ -76,17 +79,19 @@ class StopOnSignal:
     def reinstall(self) -> None:
         """Take the signals back after ``ray.init``: Ray's core installs its own SIGTERM handler in the driver
         (it prints a stack and aborts, exit -6), over any installed before."""
-        for sig in SIGNALS:
+        for sig in self._saved:
             signal.signal(sig, self._handle)
 
     def __exit__(self, *exc: object) -> None:
+        _pending["signum"] = None
+        if not self._saved:
+            return
         for sig, handler in self._saved.items():
             signal.signal(sig, handler)
         if self._env is None:
             os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
         else:
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = self._env
-        _pending["signum"] = None
 
     @property
     def signum(self) -> int | None:

@@ -4,10 +4,13 @@ a corrupt file, a stopped server (docs/reliability.md)."""
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,6 +61,22 @@ def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return d
 
 
+@functools.lru_cache(maxsize=1)
+def _new_store() -> Path:
+    """A new MLflow store made once per test process (MLflow's migrations take seconds); tests copy it."""
+    from study import store
+
+    path = Path(tempfile.mkdtemp(prefix="normstudy-store-")) / "template.db"
+    store._create_schema(path)
+    return path
+
+
+def new_store(path: Path) -> Path:
+    """A new, whole MLflow store at ``path`` (a copy of the template)."""
+    shutil.copyfile(_new_store(), path)
+    return path
+
+
 def foreign_db(path: Path) -> Path:
     """Another program's SQLite database (two tables of its own, one row)."""
     import sqlite3
@@ -76,9 +95,7 @@ def half_made_store(path: Path) -> Path:
     at an older schema version; last changed a minute ago (no one is making it now)."""
     import sqlite3
 
-    from study import store
-
-    store._create_schema(path)
+    shutil.copyfile(_new_store(), path)
     con = sqlite3.connect(path)
     con.executescript("CREATE TABLE _alembic_tmp_experiments (experiment_id INTEGER NOT NULL);"
                       "UPDATE alembic_version SET version_num = 'c8d9e0f1a2b3';")

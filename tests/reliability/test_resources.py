@@ -56,6 +56,7 @@ print(json.dumps({"measured": after - before, "estimated": estimate.activations 
 '''
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("batch", [128, 256])
 def test_the_memory_estimate_matches_a_real_training_step(batch, tmp_path):
     script = tmp_path / "step.py"

@@ -21,7 +21,7 @@ import pytest
 from study import store
 from study.cli import main
 from study.spec import SpecError
-from tests.reliability.conftest import cli_env, foreign_db, half_made_store
+from tests.reliability.conftest import cli_env, foreign_db, half_made_store, new_store
 
 
 def _digest(path: Path) -> str:
@@ -35,8 +35,7 @@ def test_inspect_tells_each_kind_of_file_apart(tmp_path):
     assert store.inspect(foreign_db(tmp_path / "app.db")) == store.StoreState("foreign", "orders, users")
     half = store.inspect(half_made_store(tmp_path / "half.db"))
     assert (half.kind, half.detail, half.runs) == ("half", "_alembic_tmp_experiments", 0)
-    store.ensure(f"sqlite:///{tmp_path / 'new.db'}")
-    assert store.inspect(tmp_path / "new.db").kind == "ready"
+    assert store.inspect(new_store(tmp_path / "new.db")).kind == "ready"
     con = sqlite3.connect(tmp_path / "new.db")
     con.execute("UPDATE alembic_version SET version_num = 'c8d9e0f1a2b3'")  # a real, older revision
     con.commit()
