@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from study import spec as spec_mod
 from study.torch_trainer import build_torch_trainer, uses_torch_trainer
-from study.trial import end_tags
+from study.trial import end_tags, last_line
 
 
 def test_the_builder_takes_placement_resources_and_failures_from_the_spec(tmp_path):
@@ -41,3 +41,18 @@ def test_end_tags_carry_every_summary_key_and_the_one_outcome():
     tags = end_tags(diverged)
     assert tags["outcome"] == "diverged" and tags["diverged"] == "1" and tags["divergence_step"] == "37"
     assert tags["divergence_layer"] == "layer3.0.conv2.v" and tags["mlflow.note.content"].startswith("diverged")
+
+
+def test_end_tags_of_a_stalled_trial_name_its_kind_and_ratio():
+    stalled = {"diverged": 0.0, "collapsed": 0.0, "stalled": 1.0, "stall_loss_ratio": 0.93,
+               "final_train_top1": 0.2, "final_test_top1": 0.18}
+    tags = end_tags(stalled)
+    assert tags["outcome"] == "stalled" and tags["stalled"] == "1" and tags["diverged"] == "0"
+    assert tags["stall_loss_ratio"] == "0.93"
+
+
+def test_an_errored_trials_note_is_its_errors_last_line():
+    wrapped = RuntimeError("Traceback (most recent call last):\n  File 'x.py', line 1\nMemoryError: out of memory")
+    assert last_line(wrapped) == "MemoryError: out of memory"  # a worker's error arrives wrapped
+    assert last_line(ValueError("bad lr")) == "ValueError: bad lr"
+    assert last_line(KeyError()) == "KeyError"
