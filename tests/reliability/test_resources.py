@@ -90,7 +90,9 @@ def test_a_worker_larger_than_the_largest_node_is_refused_in_one_line(monkeypatc
         check_memory(spec, need * 0.99)
     import ray
 
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0, "memory": 64 * 2**30})
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 4.0, "memory": 64 * 2**30}},
+                                               {"Alive": False, "Resources": {"CPU": 64.0}}])  # a dead node
     tiny = spec_mod.load(None, ["data.kind=folder", "data.path=/srv/x", "data.loader_workers=6",
                                 "model.arch=resnet_cifar", "data.image_size=32", "data.eval_resize=32"])
     with pytest.raises(SpecError, match=r"^data.loader_workers: 6 loader processes a worker, but the largest node "
