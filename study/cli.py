@@ -169,10 +169,15 @@ def _interrupted(args: argparse.Namespace, spec: spec_mod.StudySpec, stopped) ->
     if args.partial_report and result is not None and result.trials:
         from study.partial_report import write_partial_report
 
-        html = write_partial_report(result.tracking_uri, result.experiment, result.study_run_id,
-                                    preflight.report_folder(spec), signal_name=stopped.name,
-                                    finished=stopped.finished, budget=stopped.budget)
-        print(f"Partial report: {html}")
+        try:
+            html = write_partial_report(result.tracking_uri, result.experiment, result.study_run_id,
+                                        preflight.report_folder(spec), signal_name=stopped.name,
+                                        finished=stopped.finished, budget=stopped.budget)
+        except Exception as err:  # noqa: BLE001 - the exit code must stay the signal's
+            print(f"normstudy: the partial report was not written ({str(err).splitlines()[0] if str(err) else err!r})",
+                  file=sys.stderr)
+        else:
+            print(f"Partial report: {html}")
     return stopped.exit_code
 
 
