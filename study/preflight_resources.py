@@ -41,8 +41,15 @@ def check_memory(spec: StudySpec, node_memory: float, classes: int | None = None
     """One worker of the study's largest trial must fit the largest node's memory (and a local GPU's)."""
     s = spec.scaling
     per_worker = spec.training.batch_size // s.num_workers
-    worst = max((memory.worker_memory(spec.trainer_config(e.name), per_worker, classes) for e in spec.schemes),
-                key=lambda m: m.total)
+    estimates = []
+    for entry in spec.schemes:
+        try:
+            estimates.append(memory.worker_memory(spec.trainer_config(entry.name), per_worker, classes))
+        except Exception:  # noqa: BLE001 - a model the meta device cannot build is not refused for that
+            continue
+    if not estimates:
+        return
+    worst = max(estimates, key=lambda m: m.total)
     fix = ("lower training.batch_size (or use more scaling.num_workers), data.image_size or the model "
            "(model.arch, model.cifar_width)")
     if node_memory and worst.total > node_memory:
