@@ -7,8 +7,9 @@ failure is a :class:`SpecError` with one line naming the field and the fix:
   would run more threads (or loader processes) than any node has cores;
 - the memory of one worker (:mod:`study.memory`: weights, gradients, momentum, the activations the backward
   pass keeps, the data it holds, the process) above the largest node's memory Ray can give its tasks (Ray's
-  ``memory`` resource), or, with ``scaling.use_gpu``, above the memory of this machine's GPU where it has
-  one (a cluster's GPUs are not visible from a driver without one: not checked then).
+  ``memory`` resource), or, with ``scaling.use_gpu`` and ``training.amp: off``, above the memory of this
+  machine's GPU where it has one (a cluster's GPUs are not visible from a driver without one; bf16's
+  smaller activations are not estimated: not checked then).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def check_memory(spec: StudySpec, node_memory: float, classes: int | None = None
         raise SpecError(f"training.batch_size: one worker of a trial needs about {worst.text()} for a batch of "
                         f"{per_worker}, but the largest node gives its tasks {node_memory / memory.GIB:.1f} GiB; "
                         f"{fix}")
-    gpu = _local_gpu_memory() if s.use_gpu else 0
+    # bf16 autocast keeps smaller activations by a factor not measured here: only fp32 runs are held to a GPU
+    gpu = _local_gpu_memory() if s.use_gpu and spec.training.amp == "off" else 0
     if gpu and worst.device > gpu:
         raise SpecError(f"training.batch_size: one GPU worker needs about {worst.device / memory.GIB:.1f} GiB of GPU "
                         f"memory for a batch of {per_worker} (study.memory), but this machine's GPU has "
