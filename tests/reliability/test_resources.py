@@ -98,3 +98,18 @@ def test_a_worker_larger_than_the_largest_node_is_refused_in_one_line(monkeypatc
     with pytest.raises(SpecError, match=r"^data.loader_workers: 6 loader processes a worker, but the largest node "
                                         r"has 4 CPUs; use at most 4$"):
         check_machine(tiny)
+
+
+def test_an_fp32_gpu_worker_larger_than_this_machines_gpu_is_refused(monkeypatch):
+    """The GPU branch's logic on a CPU machine: the GPU's memory is stood in for."""
+    monkeypatch.setattr("study.preflight_resources._local_gpu_memory", lambda: 2 * memory.GIB)
+    gpu = ["scaling.use_gpu=true", "model.arch=resnet18", "data.image_size=224", "training.batch_size=64",
+           "data.train_size=512", "data.test_size=64"]
+    spec = spec_mod.load(None, gpu)
+    need = memory.worker_memory(spec.trainer_config("bn"), 64).device
+    assert need > 2 * memory.GIB
+    with pytest.raises(SpecError, match=r"^training.batch_size: one GPU worker needs about \d+\.\d GiB of GPU memory "
+                                        r"for a batch of 64 \(study.memory\), but this machine's GPU has 2.0 GiB"):
+        check_memory(spec, 0)
+    check_memory(spec_mod.load(None, gpu + ["training.amp=bf16"]), 0)  # bf16: not estimated, not refused
+    check_memory(spec_mod.load(None, gpu + ["training.batch_size=4"]), 0)  # a batch that fits
