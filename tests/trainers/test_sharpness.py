@@ -158,3 +158,34 @@ def test_the_monitor_warm_starts_its_probe_with_spec_iters_by_default():
     assert mon.sharpness.hvps == 3
     mon.load_state_dict(mon.state_dict())  # a resume starts cold: the vector is not checkpointed
     assert mon.hessian_top_eigenvalue(model_loss) == pytest.approx(expected[0], rel=1e-12)
+
+
+def test_probes_in_the_loop_change_no_step_of_training(monkeypatch):
+    """Probes every 5 steps (BN running statistics frozen, .grad untouched, their own generator): the same
+    final weights' evaluation as a run without them, and each probe warm-started from the last."""
+    from study.spec import load
+    from trainers.loop import train_loop_per_worker
+    from trainers.session import LocalSession
+
+    calls: list[bool] = []
+    original = DivergenceMonitor.hessian_top_eigenvalue
+
+    def counted(self, loss_fn, iters=None):
+        calls.append(self.sharpness.vector is not None)  # warm from the second probe on
+        return original(self, loss_fn, iters)
+
+    monkeypatch.setattr(DivergenceMonitor, "hessian_top_eigenvalue", counted)
+    tiny = ["training.max_steps=20", "training.eval_every=20", "data.train_size=256", "data.test_size=128",
+            "data.train_eval_size=128", "training.batch_size=32", "training.report_every=10",
+            "training.torch_threads=1"]  # one thread: several would fight over a busy machine's cores
+    finals, threads = [], torch.get_num_threads()
+    try:
+        for every in (5, 0):
+            spec = load(None, [*tiny, f"divergence.hessian_every={every}", "divergence.hessian_iters=2"])
+            summary = train_loop_per_worker({"trial": spec.trainer_config("bn"), "session": "local"},
+                                            session=LocalSession())
+            finals.append({k: summary[k] for k in ("final_train_loss", "final_train_top1", "final_test_top1")})
+    finally:
+        torch.set_num_threads(threads)  # the loop set it for this process
+    assert calls == [False, True, True, True]
+    assert finals[0] == finals[1]
