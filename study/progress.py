@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from ray.tune import Callback
 
 from study.trial_configs import trial_of
-from trainers.outcome import COLLAPSED, DIVERGED, UNFINISHED, outcome_of
+from trainers.outcome import COLLAPSED, DIVERGED, STALLED, UNFINISHED, outcome_of
 
 DONE_STATES = ("TERMINATED", "ERROR")
 REFRESH_S = 1.0  # the bar's clock (elapsed, time left) ticks this often between finished trials
@@ -43,7 +43,7 @@ class TrialProgress(Callback):
         out = sys.stdout if out is None else out
         self.total, self.out, self.done, self.scheme = total, out, 0, ""
         self.started = time.time()
-        self.diverged = self.collapsed = 0
+        self.diverged = self.collapsed = self.stalled = 0
         self.terminal = is_terminal(out)
         self.bar: Any = None  # tqdm, on a terminal, while an experiment runs
         self._counted: set[str] = set()  # trial ids already in ``done``
@@ -72,8 +72,9 @@ class TrialProgress(Callback):
 
     def _update_postfix(self) -> None:
         if self.bar is not None:
-            collapsed = f", {self.collapsed} collapsed" if self.collapsed else ""
-            self.bar.set_postfix_str(f"{self.diverged} diverged{collapsed}", refresh=False)
+            others = "".join(f", {n} {kind}" for n, kind in ((self.collapsed, "collapsed"), (self.stalled, "stalled"))
+                             if n)
+            self.bar.set_postfix_str(f"{self.diverged} diverged{others}", refresh=False)
 
     def _close_bar(self) -> None:
         if self.bar is not None:
@@ -131,6 +132,9 @@ class TrialProgress(Callback):
             if outcome == COLLAPSED:  # finite, but at chance
                 self.collapsed += 1
                 note += f"  collapsed: {r.get('collapse_cause', '?')}"
+            elif outcome == STALLED:  # finite, but it did not fit
+                self.stalled += 1
+                note += f"  stalled: loss {r.get('stall_loss_ratio', nan):.2f} of its start"
         self._line(trial, note)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

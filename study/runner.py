@@ -32,6 +32,7 @@ from study.optuna_search import TrialConfigSearch
 from study.preflight import preflight
 from study.progress import TrialProgress
 from study.results import StudyResult, TrialResult, boundary_rows
+from study.scheme_profile import record_scheme_profile
 from study.spec import SpecError, StudySpec
 from study.torch_trainer import uses_torch_trainer
 from study.tracking import STUDY, StudyTracker, resolve_uri
@@ -39,7 +40,6 @@ from study.trial import StudyContext, run_trial
 from study.trial_configs import TRIAL, TrialConfigs, trial_of
 from trainers import norms
 from trainers.outcome import UNFINISHED
-from trainers.profiling import profile_step
 
 
 def resolve_paths(spec: StudySpec, base: str | Path | None = None) -> StudySpec:
@@ -303,13 +303,10 @@ def _close_stopped_trials(tracker: StudyTracker, study: str, scheme: str,
 
 
 def _profile_scheme(tracker: StudyTracker, run_id: str, spec: StudySpec, scheme: str) -> None:
-    """Normalization's and convolution's share of one training step, measured once per scheme."""
-    try:
-        shares = profile_step(spec.trainer_config(scheme), spec.training.batch_size // spec.scaling.num_workers)
-    except Exception as err:  # noqa: BLE001 - a profiler failure must not stop the study
-        tracker.set_tags(run_id, {"normstudy.profile_error": repr(err)[:500]})
-        return
-    tracker.log_metrics(run_id, shares)
+    """Normalization's and convolution's share of one training step, measured once per scheme on a worker with
+    a trial worker's resources, device, dtype and memory format (study/scheme_profile.py), with its provenance
+    tags; a failed profile is a tag, never a stopped study."""
+    record_scheme_profile(tracker, run_id, spec, scheme)
 
 
 def _delete_study(spec: StudySpec, root: Path) -> None:

@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from study import store
+from trainers.outcome import COLLAPSED, DIVERGED, FAILURE_KINDS, STABLE, outcome_of
 from trainers.run_logger import with_retries
 
 ROLE, STUDY, SCHEME, TRIAL = "normstudy.role", "normstudy.study", "normstudy.scheme", "normstudy.trial_id"
@@ -84,24 +85,34 @@ def trial_note(summary: Mapping[str, Any]) -> str:
     accuracy = f"train {float(train):.2f} / test {float(test):.2f}"
     if float(summary.get("collapsed", 0) or 0) >= 1:
         return f"collapsed{what('collapse')}; {accuracy}"
+    if float(summary.get("stalled", 0) or 0) >= 1:
+        ratio = summary.get("stall_loss_ratio")
+        of = f": train loss {float(ratio):.2f} of its start" if ratio is not None else ""
+        return f"stalled{of}; {accuracy}"
     return accuracy
 
 
+# The tag that names a failure kind's cause (a stall has none: its ratio says it all).
+CAUSE_TAGS = {DIVERGED: "divergence_cause", COLLAPSED: "collapse_cause"}
+
+
 def scheme_progress_note(trial_runs: list[Any]) -> str:
-    """A scheme run's one line while its trials finish: how many, how many diverged and why, the best."""
+    """A scheme run's one line while its trials finish: how many, how many failed of each kind and why, the
+    best — each trial's outcome by the one rule (trainers/outcome.py) over its metrics and end tags."""
     done = [r for r in trial_runs if r.info.status == "FINISHED"]
+    judged = [(r, outcome_of({**r.data.metrics, **r.data.tags})) for r in done]
     note = f"{len(done)} trials finished"
-    for kind, cause_tag in (("diverged", "divergence_cause"), ("collapsed", "collapse_cause")):
-        runs = [r for r in done if r.data.tags.get(kind) == "1"]
-        if runs or kind == "diverged":
-            causes = Counter(r.data.tags.get(cause_tag) or "unknown" for r in runs)
+    for kind in FAILURE_KINDS:
+        runs = [r for r, outcome in judged if outcome == kind]
+        if runs or kind == DIVERGED:
+            cause_tag = CAUSE_TAGS.get(kind)
+            causes = Counter(r.data.tags.get(cause_tag) or "unknown" for r in runs) if cause_tag else Counter()
             note += f", {len(runs)} {kind}" + (" (" + ", ".join(f"{n} {c}" for c, n in causes.most_common()) + ")"
                                               if causes else "")
     others = Counter(r.info.status.lower() for r in trial_runs if r.info.status != "FINISHED")
     if others:
         note += "; " + ", ".join(f"{n} {s}" for s, n in sorted(others.items()))
-    stable = [r for r in done if "1" not in (r.data.tags.get("diverged"), r.data.tags.get("collapsed"))
-              and "final_test_top1" in r.data.metrics]
+    stable = [r for r, outcome in judged if outcome == STABLE and "final_test_top1" in r.data.metrics]
     if stable:
         best = max(stable, key=lambda r: r.data.metrics["final_test_top1"])
         m, p = best.data.metrics, best.data.params

@@ -55,6 +55,9 @@ def test_trial_note_says_what_happened_in_one_line():
     assert trial_note({"diverged": 0.0, "collapsed": 1.0, "collapse_step": 150.0, "collapse_cause": "dead_relu",
                        "collapse_layer": "layer2", "final_train_top1": 0.1, "final_test_top1": 0.1}) == \
         "collapsed at step 150: dead_relu, layer layer2; train 0.10 / test 0.10"
+    assert trial_note({"diverged": 0.0, "collapsed": 0.0, "stalled": 1.0, "stall_loss_ratio": 0.961,
+                       "final_train_top1": 0.18, "final_test_top1": 0.17}) == \
+        "stalled: train loss 0.96 of its start; train 0.18 / test 0.17"
 
 
 def _run(status: str, tags: dict, metrics: dict | None = None, params: dict | None = None):
@@ -69,9 +72,12 @@ def test_scheme_progress_note_counts_trials_and_names_the_best():
             _run("FINISHED", {"diverged": "1", "divergence_cause": "loss_spike"}),
             _run("FINISHED", {"diverged": "0", "collapsed": "1", "collapse_cause": "dead_relu"},
                  {"final_train_top1": 0.9, "final_test_top1": 0.9}),  # at chance here, whatever it reads
+            _run("FINISHED", {"diverged": "0", "stalled": "1", "outcome": "stalled"},
+                 {"final_train_top1": 0.95, "final_test_top1": 0.95}),  # did not fit: never the best
             _run("RUNNING", {"diverged": "0"})]
-    assert scheme_progress_note(runs) == ("4 trials finished, 1 diverged (1 loss_spike), 1 collapsed (1 dead_relu); "
-                                          "1 running; best: train 0.80 / test 0.70 (lr 0.1, init scale 1.0, seed 0)")
+    assert scheme_progress_note(runs) == ("5 trials finished, 1 diverged (1 loss_spike), 1 collapsed (1 dead_relu), "
+                                          "1 stalled; 1 running; best: train 0.80 / test 0.70 (lr 0.1, init scale "
+                                          "1.0, seed 0)")
 
 
 def test_runs_table_url_opens_the_model_training_view():

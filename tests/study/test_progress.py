@@ -126,6 +126,18 @@ def test_a_collapsed_trial_says_so_on_its_line_and_in_the_bar():
     assert "0 diverged, 1 collapsed" in out.getvalue()
 
 
+def test_a_stalled_trial_says_so_on_its_line_and_in_the_bar():
+    out = Terminal()
+    progress = TrialProgress(total=1, out=out)
+    t = FakeTrial("t1", point("bn", 10.0),
+                  last_result={"diverged": 0.0, "collapsed": 0.0, "stalled": 1.0, "stall_loss_ratio": 0.96,
+                               "final_train_top1": 0.18, "final_test_top1": 0.17})
+    progress.on_step_begin(0, [t])
+    progress.on_trial_complete(1, [t], t)
+    assert "train 0.180  test 0.170  stalled: loss 0.96 of its start" in out.getvalue()
+    assert "0 diverged, 1 stalled" in out.getvalue()
+
+
 def test_an_optuna_trial_shows_its_hyperparameters_not_its_optuna_number():
     out = io.StringIO()
     trial = CONFIGS.resolve("bn", {"lr": 0.3, "weight_decay": 1e-4, "seed": 0}, optuna_trial_number=7)
