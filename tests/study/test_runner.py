@@ -151,10 +151,12 @@ def test_driver_killed_then_resume_finishes_exact_budget_without_duplicates(tmp_
     assert len(_runs(uri, "kill", "study")) == 1 and len(_runs(uri, "kill", "scheme")) == 2
 
 
-# 12-step trials end near chance, where the chance-accuracy collapse (a failure, like a divergence) would fail
-# every rate; these tests are about the bisection, so only divergences and dead-ReLU collapses bound it here.
+# 12-step trials end near chance, where the chance-accuracy collapse and the stall rule (failures, like a
+# divergence) would fail every rate; these tests are about the bisection, so only divergences and dead-ReLU
+# collapses bound it here.
 BOUNDARY = TINY + ["search.mode=boundary", "search.boundary_lr=[0.1, 100.0]", "search.boundary_tolerance=6",
-                   "search.grid_init_scale=[1.0]", "divergence.collapse_loss_frac=1000"]
+                   "search.grid_init_scale=[1.0]", "divergence.collapse_loss_frac=1000",
+                   "divergence.stall_loss_frac=1.0"]
 
 
 def _brackets_from_mlflow(trials: list) -> dict[tuple, dict]:
