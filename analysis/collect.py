@@ -22,8 +22,8 @@ from trainers.outcome import COLLAPSED, DIVERGED, ERRORED, STALLED, is_failure, 
 
 DEFAULT_EXPERIMENT = "normstudy"
 # Per-step curves read for every trial: the loss and the early-warning signals (analysis/early_warning.py).
-TRIAL_CURVES = ("loss", "grad_norm", "update_ratio_max", "spike_ratio", "sharpness", "lr")
-ACT_STD_PREFIX = "act_std/"  # per-stage activation std, read only for representative trials
+TRIAL_CURVES = ("loss", "grad_norm", "update_ratio_max", "spike_ratio", "sharpness", "sharpness_lr", "lr")
+ACT_STD_PREFIX = "act_std/"  # per-stage activation std, read for every trial (early warning's act_std)
 # Where claim 3's step shares were profiled (scheme-run tags, docs/mlflow_layout.md): device, dtype, the
 # per-worker batch, and "driver" or "worker". A store older than them has none: the report says so.
 PROFILE_TAGS = {k: f"normstudy.profile_{k}" for k in ("device", "dtype", "batch", "where")}
@@ -348,6 +348,7 @@ def read_study(
                 continue  # a trial of another study run with the same name
             trial = trial_from_run(run, parent.name)
             read_curves(client, trial, curves)
+            read_curves(client, trial, [ACT_STD_PREFIX + st for st in trial.stages])
             parent.trials.append(trial)
     for s in schemes.values():
         s.trials.sort(key=lambda t: (t.lr or 0.0, t.init_scale or 0.0, t.seed or 0, t.trial_id))

@@ -112,14 +112,6 @@ def write_report(
         uri, experiment=experiment, study_run_id=study_run_id, study_name=study_name, client=client
     )
     summaries = summarize_all(study)
-    # Per-stage activation curves only for the representative trials the plots show.
-    by_id = {(t.scheme, t.trial_id): t for s in study.schemes for t in s.trials}
-    with collect.mlflow_errors(uri):
-        for s in summaries.values():
-            for tid in (s.representative_stable, s.representative_diverged):
-                if tid is not None:
-                    t = by_id[(s.name, tid)]
-                    collect.read_curves(client, t, [collect.ACT_STD_PREFIX + st for st in t.stages])
     html = render_report(study, summaries, out_dir)
     if publisher is not None:
         try:

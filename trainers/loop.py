@@ -78,6 +78,7 @@ from trainers.optim import build_optimizer
 from trainers.run_logger import create_logger
 from trainers.schedule import base_lr, lr_multiplier, warmup_length
 from trainers.session import LocalSession, Session, create_session
+from trainers.sharpness import edge_ratio
 from trainers.stall import stall_verdict
 from trainers.summary import summary_of
 
@@ -276,12 +277,17 @@ def train_step(run: TrainingRun, x: torch.Tensor, y: torch.Tensor) -> None:
 
 
 def probe_sharpness(run: TrainingRun, x: torch.Tensor, y: torch.Tensor) -> None:
-    """The loss Hessian's top eigenvalue on this step's batch (``divergence.hessian_every``), logged as
-    ``sharpness``; BN running statistics do not move (a sync: opt-in, off by default)."""
+    """The loss Hessian's top eigenvalue on this step's batch (``divergence.hessian_every``; Lanczos steps
+    warm-started from the last probe: trainers/sharpness.py), logged as ``sharpness``, and ``sharpness_lr`` =
+    η·λ_max / 2(1+β), SGD-with-momentum's edge of stability at 1 (η: the next step's rate). BN running
+    statistics do not move. A sync: every ``hessian_every`` steps only."""
     with _frozen_batchnorm(run.module):
         sharp = run.monitor.hessian_top_eigenvalue(lambda: run.criterion(run.module(x), y),
                                                    run.config.divergence.hessian_iters)
-    run.logger.log_metrics({"sharpness": sharp}, run.step)
+    t = run.training
+    run.logger.log_metrics({"sharpness": sharp,
+                            "sharpness_lr": edge_ratio(sharp, run.lr_at(run.step), t.momentum, t.nesterov)},
+                           run.step)
 
 
 def _initial_evaluation(run: TrainingRun) -> None:

@@ -132,7 +132,7 @@ def _curves(rng, lr: float, steps: int, diverge_at: int | None, scheme: str, eve
     sharp = 1.3 / lr * (1 + 0.05 * rng.standard_normal(len(det)))
     if diverge_at:
         sharp = sharp * 1.06 ** np.clip(det - (diverge_at - 30), 0, None)
-    detailed = {"update_ratio_max": upd[idx], "sharpness": sharp}
+    detailed = {"update_ratio_max": upd[idx], "sharpness": sharp, "sharpness_lr": sharp * lr / 3.8}
     frac = det / steps
     for k, stage in enumerate(STAGES):
         if scheme == "bn":
