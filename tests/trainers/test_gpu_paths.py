@@ -197,6 +197,28 @@ def test_wn_trelu_network_stays_bf16_under_autocast():
     assert {n: d for n, d in dtypes.items() if d != torch.bfloat16} == {}
 
 
+@pytest.mark.parametrize("arch", ["resnet_cifar", "resnet50"])
+def test_fixup_network_stays_bf16_under_autocast(arch):
+    """Fixup's scalar biases and multipliers are fp32 parameters: cast to the activations' dtype, every
+    module's output stays bf16 under bf16 autocast (basic and bottleneck blocks), and the gradients of the
+    scalars stay fp32."""
+    kw = {"cifar_width": 8, "cifar_blocks": [1, 1, 1]} if arch == "resnet_cifar" else {}
+    model = build_model(arch, "fixup", 10, **kw)
+    dtypes: dict[str, torch.dtype] = {}
+    for name, mod in model.named_modules():
+        if name:
+            mod.register_forward_hook(lambda m, i, o, name=name: dtypes.__setitem__(name, o.dtype))
+    size = 16 if arch == "resnet_cifar" else 32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(torch.randn(2, 3, size, size))
+    assert logits.dtype == torch.bfloat16 and len(dtypes) > 10
+    assert {n: d for n, d in dtypes.items() if d != torch.bfloat16} == {}
+    logits.float().sum().backward()
+    scalars = [p for n, p in model.named_parameters() if p.numel() == 1]
+    assert scalars and all(p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32
+                           for p in scalars)
+
+
 # --------------------------------------------------------------------------------------------------
 # training.channels_last
 

@@ -39,6 +39,12 @@ from trainers.norms.base import NormScheme, SchemeOptions
 from trainers.norms.registry import register
 
 
+def _like(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A scalar parameter in the activations' dtype: autocast leaves element-wise ops alone, so an fp32
+    scalar would silently turn bf16 activations (and everything saved for backward) fp32. Its gradient
+    stays fp32 (the cast is differentiable)."""
+    return p.to(x.dtype)
+
 class ScalarBias(nn.Module):
     """x + b with one learnable scalar b, init 0 (Fixup's bias1a, bias1b, …)."""
 
@@ -47,7 +53,7 @@ class ScalarBias(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.bias
+        return x + _like(self.bias, x)
 
 
 class FixupLinear(nn.Linear):
@@ -58,7 +64,7 @@ class FixupLinear(nn.Linear):
         self.bias_in = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x + self.bias_in, self.weight, self.bias)
+        return F.linear(x + _like(self.bias_in, x), self.weight, self.bias)
 
 
 class _FixupBlock(nn.Module):
@@ -72,7 +78,7 @@ class _FixupBlock(nn.Module):
         raise NotImplementedError
 
     def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.downsample is None else self.downsample(x + self.bias1a)
+        return x if self.downsample is None else self.downsample(x + _like(self.bias1a, x))
 
 
 class FixupBasicBlock(_FixupBlock):
@@ -96,8 +102,10 @@ class FixupBasicBlock(_FixupBlock):
         return [self.conv1, self.conv2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.act1(self.conv1(x + self.bias1a) + self.bias1b)
-        out = self.conv2(out + self.bias2a) * self.scale + self.bias2b
+        out = self.conv1(x + _like(self.bias1a, x))
+        out = self.act1(out + _like(self.bias1b, out))
+        out = self.conv2(out + _like(self.bias2a, out))
+        out = out * _like(self.scale, out) + _like(self.bias2b, out)
         return self.act2(out + self._shortcut(x))
 
 
@@ -126,9 +134,12 @@ class FixupBottleneck(_FixupBlock):
         return [self.conv1, self.conv2, self.conv3]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.act1(self.conv1(x + self.bias1a) + self.bias1b)
-        out = self.act2(self.conv2(out + self.bias2a) + self.bias2b)
-        out = self.conv3(out + self.bias3a) * self.scale + self.bias3b
+        out = self.conv1(x + _like(self.bias1a, x))
+        out = self.act1(out + _like(self.bias1b, out))
+        out = self.conv2(out + _like(self.bias2a, out))
+        out = self.act2(out + _like(self.bias2b, out))
+        out = self.conv3(out + _like(self.bias3a, out))
+        out = out * _like(self.scale, out) + _like(self.bias3b, out)
         return self.act3(out + self._shortcut(x))
 
 
