@@ -77,7 +77,10 @@ def convergence_of(trials: Sequence[TrialData], num_classes: int | None = None) 
              if d is not None]
     acc, drop = statistics.fmean(accs), (statistics.fmean(drops) if drops else None)
     fits, flat = acc >= FIT_TOP1, drop is None or drop <= TAIL_DROP_TOL
-    why = [f"train top-1 {acc * 100:.1f}% {'≥' if fits else '<'} {FIT_TOP1 * 100:.0f}%"]
+    shown = f"{acc * 100:.1f}"
+    if float(shown) == FIT_TOP1 * 100 and not fits:  # 94.97% must not read "95.0% < 95%"
+        shown = f"{acc * 100:.2f}"
+    why = [f"train top-1 {shown}% {'≥' if fits else '<'} {FIT_TOP1 * 100:.0f}%"]
     if drop is None:
         why.append("loss curve not logged: judged on train top-1 alone")
     elif flat:

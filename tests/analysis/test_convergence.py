@@ -67,3 +67,8 @@ def test_the_mean_over_seeds_decides_and_without_a_curve_accuracy_alone_does():
     assert "judged on train top-1 alone" in c.reason
     assert convergence_of([run(FIT_TOP1 - 0.01, None)]).converged is False
     assert convergence_of([]).converged is None
+
+
+def test_a_mean_just_under_the_bar_is_not_shown_as_the_bar():
+    c = convergence_of([run(0.9497, curve(np.full(300, 0.1)))])
+    assert c.converged is False and "train top-1 94.97% < 95%" in c.reason  # not "95.0% < 95%"
