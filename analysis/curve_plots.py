@@ -30,10 +30,12 @@ def _curve_limits(all_values: list[np.ndarray], stable: list[np.ndarray]) -> tup
     vals = np.concatenate([v[np.isfinite(v)] for v in all_values]) if all_values else np.array([])
     if not len(vals):
         return None, 1.0, False
-    lo, hi = float(vals.min()) * 0.8, float(vals.max()) * 1.25
+    # A diverged curve can reach float64's top (1.7e308): a margin on it would overflow to inf.
+    top = float(np.finfo(float).max) / 1e4
+    lo, hi = float(vals.min()) * 0.8, min(float(vals.max()) * 1.25, top)
     peaks = [float(np.nanmax(v)) for v in stable if np.isfinite(v).any()]
     if peaks and hi > 1e3 * max(peaks):
-        return lo, 1e3 * max(peaks), True
+        return lo, min(1e3 * max(peaks), top), True
     return lo, hi, False
 
 

@@ -193,7 +193,7 @@ class DivergenceSpec(Section):
     collapse_loss_frac: float = Field(0.99, gt=0)
     # Stalled (finite to the end, but did not fit; trainers/stall.py): final eval train loss above this × the
     # trial's initial one (step 0, same subset; capped at ln(classes)). Threshold: docs/design.md §7.
-    stall_loss_frac: float = Field(0.65, gt=0, le=1)
+    stall_loss_frac: float = Field(0.65, gt=0)  # a large value turns the rule off (tests of other mechanics)
 
 
 def one_line_error(err: ValidationError) -> str:

@@ -211,3 +211,7 @@ def test_curve_axis_is_cut_above_exploding_diverged_curves():
     lo, hi, cut = _curve_limits([stable, exploded], [stable])
     assert cut and lo == pytest.approx(0.8) and hi == pytest.approx(2000.0)
     assert _curve_limits([stable], [stable]) == (pytest.approx(0.8), pytest.approx(2.5), False)
+    # a diverged curve at float64's top: the margin must not overflow to inf (matplotlib refuses the limit)
+    top = np.array([2.0, 1.6e308])
+    lo, hi, _ = _curve_limits([top], [])
+    assert np.isfinite(lo) and np.isfinite(hi) and hi > lo

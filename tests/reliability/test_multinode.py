@@ -257,9 +257,9 @@ def _patch(loop):
         return create(rank, tracking_uri, run_id)
 
     def load_checkpoint(*args, **kwargs):
-        step = load(*args, **kwargs)
-        _event("resume", step=step)
-        return step
+        restored = load(*args, **kwargs)  # (step, the run's extra state)
+        _event("resume", step=restored[0])
+        return restored
 
     loop.create_logger, loop.load_checkpoint = create_logger, load_checkpoint
 

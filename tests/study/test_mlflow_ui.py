@@ -233,16 +233,18 @@ def test_a_study_reads_in_the_mlflow_ui(mlflow_server, ray_cluster, tmp_path, mo
         tags = t["tags"]
         expected = f"diverged at step {tags['divergence_step']}: {tags['divergence_cause']}"
         assert tags[NOTE] == expected + (f", layer {tags['divergence_layer']}" if tags.get("divergence_layer") else "")
-    for t in stable:  # trained to the end (a collapsed one, at chance, says so first)
+    for t in stable:  # trained to the end (a collapsed or stalled one says so first)
         tags, m = t["tags"], t["metrics"]
         expected = f"train {m['final_train_top1']:.2f} / test {m['final_test_top1']:.2f}"
         if tags.get("collapsed") == "1":
             layer = f", layer {tags['collapse_layer']}" if tags.get("collapse_layer") else ""
             expected = f"collapsed at step {tags['collapse_step']}: {tags['collapse_cause']}{layer}; {expected}"
+        elif tags.get("stalled") == "1":
+            expected = f"stalled: train loss {float(tags['stall_loss_ratio']):.2f} of its start; {expected}"
         assert tags[NOTE] == expected
     for name, s in schemes.items():
         assert s["tags"]["mlflow.parentRunId"] == study_id
-        assert re.match(r"2 trials, \d diverged", s["tags"][NOTE]), s["tags"][NOTE]
+        assert re.match(r"2 trials: \d stable, \d diverged", s["tags"][NOTE]), s["tags"][NOTE]
         assert _artifacts(uri, s["info"]["run_id"], "report") == {f"stability_{name}.png", f"curves_{name}.png"}
     assert f"- **wn**: {schemes['wn']['tags'][NOTE]}" in study["tags"][NOTE]
     report_dir = next(cwd.glob("**/report.html")).parent

@@ -156,7 +156,7 @@ def test_driver_killed_then_resume_finishes_exact_budget_without_duplicates(tmp_
 # collapses bound it here.
 BOUNDARY = TINY + ["search.mode=boundary", "search.boundary_lr=[0.1, 100.0]", "search.boundary_tolerance=6",
                    "search.grid_init_scale=[1.0]", "divergence.collapse_loss_frac=1000",
-                   "divergence.stall_loss_frac=1.0"]
+                   "divergence.stall_loss_frac=1000"]
 
 
 def _brackets_from_mlflow(trials: list) -> dict[tuple, dict]:
