@@ -32,6 +32,7 @@ import ray
 
 from study.spec import StudySpec
 from study.torch_trainer import worker_resources
+from study.tracking import last_line
 from trainers.profiling import WorkerProfile, profile_on_this_worker
 
 PROFILE_DEVICE = "normstudy.profile_device"
@@ -85,7 +86,7 @@ def profile_scheme(spec: StudySpec, scheme: str, wait_s: float = WAIT_S) -> Sche
         profile = _wait(ref, wait_s)
     except Exception as err:  # noqa: BLE001 - a profiler failure must not stop the study
         ray.cancel(ref, force=True)
-        return SchemeProfile(tags={PROFILE_ERROR: _one_line(err), PROFILE_WHERE: WHERE})
+        return SchemeProfile(tags={PROFILE_ERROR: last_line(err, 500), PROFILE_WHERE: WHERE})
     except BaseException:
         ray.cancel(ref, force=True)
         raise
@@ -112,9 +113,3 @@ def _wait(ref: Any, wait_s: float) -> WorkerProfile:
         if time.monotonic() >= deadline:
             raise TimeoutError(f"no worker with a trial worker's resources finished the profile in {wait_s:.0f} s "
                                "(is the cluster short of them?)")
-
-
-def _one_line(err: BaseException) -> str:
-    """The error's last line (a Ray task error carries the worker's traceback above it), at most 500 chars."""
-    lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
-    return (f"{type(err).__name__}: {lines[-1].strip()}" if lines else type(err).__name__)[:500]

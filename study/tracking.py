@@ -68,6 +68,15 @@ def experiment_note(experiment_id: str) -> str:
             f"Compare schemes in the [runs table]({runs_table_url(experiment_id)}).")
 
 
+def last_line(err: BaseException, limit: int = 300) -> str:
+    """An error's last non-empty line (a worker's error arrives wrapped, its own message last), with its type:
+    an errored trial's note, a failed profile's tag."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    if len(lines) > 1:  # a traceback's text (Ray's wrapped errors): its last line names the cause
+        return lines[-1][:limit]
+    return f"{type(err).__name__}: {lines[0]}"[:limit] if lines else type(err).__name__
+
+
 def trial_note(summary: Mapping[str, Any]) -> str:
     """One line on what a trial did, from the loop's summary: "diverged at step 37: loss_spike, layer
     layer3.0.conv2.v", "train 0.97 / test 0.91", or for a trial that stayed finite at chance "collapsed

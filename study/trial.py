@@ -26,7 +26,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from study import provenance
 from study.spec import ScalingSpec, TrackingSpec, flatten_trial
 from study.torch_trainer import build_torch_trainer, uses_torch_trainer
-from study.tracking import NOTE, StudyTracker, scheme_progress_note, trial_note
+from study.tracking import NOTE, StudyTracker, last_line, scheme_progress_note, trial_note
 from study.trial_configs import trial_of
 from trainers.config import TrialConfig
 from trainers.loop import train_loop_per_worker
@@ -130,14 +130,6 @@ def _trial_run(tracker: StudyTracker, context: StudyContext, trial: TrialConfig,
     if trial.optuna_trial_number is not None:
         tags["optuna_trial_number"] = trial.optuna_trial_number
     return tracker.trial_run(study, scheme, trial_id, context.parent_runs[scheme], trial_params(context, trial), tags)
-
-
-def last_line(err: BaseException) -> str:
-    """An error's last non-empty line (a worker's error arrives wrapped, its own message last), with its type."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    if len(lines) > 1:  # a traceback's text (Ray's wrapped errors): its last line names the cause
-        return lines[-1][:300]
-    return f"{type(err).__name__}: {lines[0]}"[:300] if lines else type(err).__name__
 
 
 def _tag(value: Any) -> str:
