@@ -9,14 +9,10 @@
         if report due: stop = report_interval(run)   # flush, divergence, curves, eval, checkpoint, report
     return finish(run)                      # final eval, collapse, summary, final checkpoint, last report
 
-A :class:`TrainingRun` holds everything the pieces share. Two names for the network, used consistently:
-``run.model`` is what the optimizer trains (DDP-wrapped across ranks and/or ``torch.compile``d; plain
-``module`` on one uncompiled worker) and ``run.module`` the unwrapped ``nn.Module`` that evaluation, the
-DivergenceMonitor, checkpoints and the scheme's gradient clipping (AGC) inspect. ``run.eager_model`` is
-``model`` before compilation: detailed steps run it (see :func:`train_step`).
-
-The same function runs in a Ray Train ``TorchTrainer`` worker (DDP over gloo on CPU, NCCL on GPU) and,
-for single-worker CPU trials, inside the Tune trial process (docs/design.md §2).
+A :class:`TrainingRun` holds what the pieces share: ``run.model`` is what the optimizer trains (DDP and/or
+compiled), ``run.module`` the unwrapped network that evaluation, the monitor, checkpoints and AGC inspect,
+``run.eager_model`` the uncompiled one detailed steps run. It runs in a Ray Train worker (DDP: gloo on CPU,
+NCCL on GPU) or, for one CPU worker, in the Tune trial process (docs/design.md §2).
 
 ``config`` keys: ``trial`` (a :class:`trainers.config.TrainerConfig` — a trial's ``TrialConfig`` —
 validated once where it was built and trusted here), ``session`` ('train' | 'tune' | 'local'),
@@ -30,16 +26,10 @@ per-step curves (cut where the run diverged), then — while the run is finite �
 checkpoints when due (``training.checkpoint_every``, default at each evaluation, and always at the last
 step), and reports to the session. The last step reports nothing itself: the summary replaces it.
 
-The summary is reported last and always with a checkpoint from rank 0 (Ray Train V2's ``Result.metrics``
-are those of the latest report that carried one): the final step's weights, or for a diverged run a
-checkpoint holding only ``summary.json`` (no diverged weights; resuming from it starts afresh).
-Checkpoint files and their contents: trainers/checkpoint.py; evaluation: trainers/evaluation.py.
-
-The summary's keys and the trial's ``outcome`` (stable, diverged or collapsed, by the one rule
-:func:`trainers.outcome.outcome_of`): trainers/summary.py.
-
-Host–device syncs: one per report interval (the monitor's ``flush``), plus evaluation; the step itself
-never calls ``.item()`` (tests/trainers/test_loop.py counts them).
+The summary (trainers/summary.py; the outcome by the one rule, trainers/outcome.py) is reported last, always
+with a checkpoint from rank 0 (Ray Train V2's ``Result.metrics`` are the latest report's that carried one):
+the final weights, or for a diverged run only ``summary.json`` (trainers/checkpoint.py). Host–device syncs:
+one per report interval (the monitor's ``flush``) plus evaluation; the step never calls ``.item()``.
 """
 
 from __future__ import annotations
@@ -75,10 +65,11 @@ from trainers.evaluation import evaluate
 from trainers.inputs import batches, prepare_device, seed_everything, shared_init_seed, to_device
 from trainers.models import build_model, data_dependent_init
 from trainers.optim import build_optimizer
+from trainers.rank_agreement import agree_on_collapse, agree_on_divergence
 from trainers.run_logger import create_logger
 from trainers.schedule import base_lr, lr_multiplier, warmup_length
 from trainers.session import LocalSession, Session, create_session
-from trainers.sharpness import edge_ratio
+from trainers.sharpness import edge_ratio, frozen_batchnorm
 from trainers.stall import stall_verdict
 from trainers.summary import summary_of
 
@@ -281,7 +272,7 @@ def probe_sharpness(run: TrainingRun, x: torch.Tensor, y: torch.Tensor) -> None:
     warm-started from the last probe: trainers/sharpness.py), logged as ``sharpness``, and ``sharpness_lr`` =
     η·λ_max / 2(1+β), SGD-with-momentum's edge of stability at 1 (η: the next step's rate). BN running
     statistics do not move. A sync: every ``hessian_every`` steps only."""
-    with _frozen_batchnorm(run.module):
+    with frozen_batchnorm(run.module):
         sharp = run.monitor.hessian_top_eigenvalue(lambda: run.criterion(run.module(x), y),
                                                    run.config.divergence.hessian_iters)
     t = run.training
@@ -343,7 +334,7 @@ def _close_interval(run: TrainingRun) -> tuple[MonitorReport, float]:
     report = run.monitor.flush()
     step_time = (time.perf_counter() - run.interval_start) / max(1, run.interval_steps)
     run.step_times.append(step_time)
-    run.divergence = _agree_on_divergence(report.divergence, run.session.world_size)
+    run.divergence = agree_on_divergence(report.divergence, run.session.world_size)
     for s, metrics in report.per_step.items():
         if run.divergence is None or s <= run.divergence.step:  # the curve ends where the run diverged
             run.logger.log_metrics({**metrics, "lr": run.lr_at(s - 1)}, s)
@@ -367,15 +358,6 @@ def _hand_over(run: TrainingRun, metrics: dict[str, Any], checkpoint: str | None
         run.final_checkpoint = checkpoint
 
 
-def _agree_on_divergence(local, world: int):
-    """All ranks stop together: gather every rank's verdict and keep the earliest (one collective)."""
-    if world == 1 or not (dist.is_available() and dist.is_initialized()):
-        return local
-    verdicts: list[Any] = [None] * world
-    dist.all_gather_object(verdicts, local)
-    found = [v for v in verdicts if v is not None]
-    return min(found, key=lambda v: v.step) if found else None
-
 
 # --------------------------------------------------------------------------------------------------
 # the summary
@@ -391,7 +373,7 @@ def finish(run: TrainingRun) -> dict[str, Any]:
     if run.divergence is None and run.last_eval:
         verdict = run.monitor.collapse(run.last_eval.get("train_top1"), run.last_eval.get("train_loss_eval"),
                                        run.data.num_classes)
-        collapse = _agree_on_collapse(verdict, run.session.world_size)
+        collapse = agree_on_collapse(verdict, run.session.world_size)
     stall = None
     if run.divergence is None and run.last_eval:  # the same numbers on every rank: no agreement needed
         stall = stall_verdict(run.initial_eval.get("initial_train_loss"), run.last_eval.get("train_loss_eval"),
@@ -411,31 +393,6 @@ def finish(run: TrainingRun) -> dict[str, Any]:
     if checkpoint:
         remove_checkpoint(checkpoint)
     return summary
-
-
-def _agree_on_collapse(local, world: int):
-    """Rank 0's collapse verdict on every rank (the dead fractions are per-rank batches; one collective)."""
-    if world == 1 or not (dist.is_available() and dist.is_initialized()):
-        return local
-    box = [local]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-@contextlib.contextmanager
-def _frozen_batchnorm(module: nn.Module):
-    """Forward passes that must not move BN running statistics (sharpness probes; AlgoPerf's rule)."""
-    saved = [(m, m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
-             for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m, _, _ in saved:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, momentum, tracked in saved:
-            m.momentum = momentum
-            if tracked is not None:
-                m.num_batches_tracked.copy_(tracked)
 
 
 __all__ = ["CHECKPOINT_FILE", "SUMMARY_FILE", "LocalSession", "TrainingRun", "batches", "evaluate", "finish",

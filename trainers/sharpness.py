@@ -37,11 +37,13 @@ on the trainable parameters with the activation hooks disarmed; the training loo
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 __all__ = ["SharpnessProbe", "TopEigen", "edge_ratio", "hessian_top_eigenvalue", "stability_threshold"]
 
@@ -170,3 +172,19 @@ def _normalize_(vs: list[torch.Tensor]) -> bool:
         torch._foreach_div_(vs, norm)
         return True
     return False
+
+
+@contextlib.contextmanager
+def frozen_batchnorm(module: nn.Module):
+    """Forward passes that must not move BN running statistics (sharpness probes; AlgoPerf's rule)."""
+    saved = [(m, m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+             for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m, _, _ in saved:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, tracked in saved:
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
