@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis import claims as claims_mod
-from analysis import collect, curve_plots, document, early_warning, paper, plots, render
+from analysis import collect, cost_plots, curve_plots, document, early_warning, paper, plots, render
 from analysis.collect import DEFAULT_EXPERIMENT, ReportError
 from analysis.publish import DeferredPublisher, Publisher, PublisherFactory, PublishError, file_stem, publish_report
 from analysis.summarize import SchemeSummary, summarize_scheme
@@ -57,7 +57,7 @@ def _draw(summaries: dict[str, SchemeSummary], trials, out: Path) -> dict[str, A
         "lr_sensitivity": plots.plot_lr_sensitivity(summaries, out / "lr_sensitivity.png"),
         "curves": curve_plots.plot_curves(summaries, trials, out / "curves.png"),
         "signal_propagation": curve_plots.plot_signal_propagation(summaries, trials, out / "signal_propagation.png"),
-        "step_time": plots.plot_step_time(summaries, out / "step_time.png"),
+        "step_time": cost_plots.plot_step_time(summaries, out / "step_time.png"),
     }
     return {"stability_maps": maps} | {k: (p.name if p else None) for k, p in drawn.items()}
 
