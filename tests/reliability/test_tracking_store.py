@@ -62,10 +62,19 @@ class MlflowServer:
         raise RuntimeError(f"mlflow server did not start: {(self.root / 'server.log').read_text()[-2000:]}")
 
     def stop(self) -> None:
-        """SIGKILL the server's process group (a crash, not a clean shutdown)."""
+        """SIGKILL the server's process group (a crash, not a clean shutdown), and return only once every
+        process of the group is gone: a uvicorn child still dying holds the listening socket, so a client
+        would meet "connection reset" rather than "refused" (the case under test is a server that is down)."""
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                try:
+                    os.killpg(self.proc.pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
         self.proc = None
 
 
