@@ -6,8 +6,9 @@ On a cluster the report folder is on the head node and the MLflow UI is all a te
   every plot report.json names;
 - each scheme run gets its own stability map and curves (its representative trials' loss and gradient
   norm) under ``report/``;
-- each scheme run gets its learning-rate sensitivity as metrics (``lr_sensitivity`` and the ends of its
-  95% interval, ``lr_sensitivity_lo``/``_hi``: :mod:`analysis.sensitivity`), comparable in the runs table;
+- each scheme run gets the comparison as metrics (:mod:`analysis.scheme_metrics`: the best configuration's
+  means, the failure rates by kind, the largest stable lr, the learning-rate sensitivity, the step time),
+  comparable in the runs table and the chart view;
 - the runs' descriptions (MLflow's run notes): each scheme run one line on its trials — every outcome kind,
   errored ones apart — its best configuration's convergence and sensitivity, the study run one line per
   scheme and where the report is.
@@ -27,6 +28,7 @@ from typing import Protocol
 
 from analysis import collect, curve_plots
 from analysis.collect import StudyData
+from analysis.scheme_metrics import scheme_metrics
 from analysis.summarize import SchemeSummary
 from trainers.outcome import FAILURE_KINDS, STABLE
 
@@ -139,17 +141,6 @@ def scheme_note(s: SchemeSummary) -> str:
     return note
 
 
-def sensitivity_metrics(s: SchemeSummary) -> dict[str, float]:
-    """The scheme run's metrics: ``lr_sensitivity`` and its interval's ends (none when not measured)."""
-    sens = s.sensitivity
-    if sens is None or sens.mean is None:
-        return {}
-    out = {"lr_sensitivity": sens.mean}
-    if sens.interval is not None:
-        out |= {"lr_sensitivity_lo": sens.interval.lo, "lr_sensitivity_hi": sens.interval.hi}
-    return out
-
-
 def study_note(study: StudyData, summaries: Mapping[str, SchemeSummary], runs_url: str) -> str:
     lines = [f"Stability report of study {study.name}: artifacts {ARTIFACT_DIR}/report.html (one self-contained "
              f"page), with report.md, report.json and the plots beside it; compare schemes in the "
@@ -175,7 +166,7 @@ def publish_report(
                 curves = curve_plots.plot_curves({sch.name: s}, trials, Path(tmp) / f"curves_{file_stem(sch.name)}.png")
                 files += [curves] if curves else []
                 publisher.log_artifacts(sch.run_id, files, ARTIFACT_DIR)
-                publisher.log_metrics(sch.run_id, sensitivity_metrics(s))
+                publisher.log_metrics(sch.run_id, scheme_metrics(s))
                 publisher.set_note(sch.run_id, scheme_note(s))
         publisher.set_note(study.run_id, study_note(study, summaries, publisher.runs_table_url()))
     except Exception as err:  # noqa: BLE001 - MLflow, HTTP and artifact-store errors all land here

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from study import cli_help
 from study import spec as spec_mod
 from study.spec import SpecError
 
@@ -31,9 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="normstudy",
         description="Can a normalization scheme replace BatchNorm? Runs Ray Tune/Train studies of "
                     "normalization schemes on ResNets, logs to MLflow and writes a stability report.")
+    cli_help.add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run a study (no --spec: the quick CPU default)")
+    run = sub.add_parser("run", **cli_help.subparser_kwargs("run"))
     _spec_args(run)
     run.add_argument("--schemes", help="comma-separated scheme names, or 'all' for every registered scheme")
     run.add_argument("--resume", action="store_true", help="continue the study of the same name")
@@ -45,13 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true",
                      help="write the report into tracking.report_dir even if that folder holds other files")
 
-    train = sub.add_parser("train", help="train one trial through Ray Train and print its summary")
+    train = sub.add_parser("train", **cli_help.subparser_kwargs("train"))
     _spec_args(train)
     train.add_argument("--scheme", required=True, help="scheme name (see `normstudy schemes`)")
 
-    sub.add_parser("schemes", help="list the registered normalization schemes")
+    sub.add_parser("schemes", **cli_help.subparser_kwargs("schemes"))
 
-    report = sub.add_parser("report", help="write the stability report of a study from MLflow")
+    report = sub.add_parser("report", **cli_help.subparser_kwargs("report"))
     try:
         from analysis.report import add_arguments
 
@@ -59,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:  # analysis not installed: the command says so when used
         pass
 
-    submit = sub.add_parser("submit", help="print and run the `ray job submit` for a spec on a cluster")
+    submit = sub.add_parser("submit", **cli_help.subparser_kwargs("submit"))
     _spec_args(submit)
     submit.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://127.0.0.1:8265")
     submit.add_argument("--working-dir", default=".",
@@ -112,6 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     ``--partial-report``."""
     from analysis.report import write_report
     from study import driver_lock, preflight
+    from study.browse import browse_lines
     from study.results import summary_table
     from study.runner import StudyInterrupted, resolve_paths, run_study
     from study.tracking import StudyTracker
@@ -129,13 +132,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print()
         print(summary_table(result))
         print(f"\n{len(result.trials)} trials in {result.seconds:.0f} s.")
-        print(f"MLflow: {result.tracking_uri} (experiment '{result.experiment}'); "
-              f"browse with: mlflow ui --backend-store-uri {result.tracking_uri}")
+        tracker = StudyTracker(result.tracking_uri, result.experiment)
+        print("\n".join(browse_lines(result.tracking_uri, result.experiment, tracker.experiment_id)))
         print(f"Ray Tune results: {result.storage_path}")
         if not args.no_report:
             html = write_report(result.tracking_uri, preflight.report_folder(spec), experiment=result.experiment,
                                 study_run_id=result.study_run_id,
-                                publisher=StudyTracker(result.tracking_uri, result.experiment))
+                                publisher=tracker)
             print(f"Report: {html}")
     errored = sum(r.error is not None for r in result.trials)
     if errored:
@@ -183,7 +186,14 @@ def _interrupted(args: argparse.Namespace, spec: spec_mod.StudySpec, stopped) ->
 
 def cmd_train(args: argparse.Namespace) -> int:
     """One trial through Ray Train's TorchTrainer (N workers from the spec), outside any Tune study: the same
-    trial config, trainer builder, params and end tags as a study's trial."""
+    trial config, trainer builder, params and end tags as a study's trial. An unknown scheme is refused
+    before Ray or MLflow is imported."""
+    spec = _load(args)
+    in_study = [e.name for e in spec.schemes]
+    if args.scheme not in in_study:
+        from trainers import norms
+
+        raise SpecError(cli_help.unknown_scheme(args.scheme, in_study, norms.names()))
     from study.preflight import preflight
     from study.runner import init_ray, resolve_paths
     from study.torch_trainer import build_torch_trainer
@@ -191,8 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from study.trial import StudyContext, end_tags, loop_config, trial_params
     from study.trial_configs import TrialConfigs
 
-    spec = resolve_paths(_load(args))
-    spec.scheme(args.scheme)  # must be in the study's schemes
+    spec = resolve_paths(spec)
     trial = TrialConfigs(spec).resolve(args.scheme, {"seed": spec.training.seed})
     init_ray(spec)
     for note in preflight(spec):
@@ -224,9 +233,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_schemes(args: argparse.Namespace) -> int:
     from trainers import norms
 
+    width = max(map(len, norms.names()))  # the longest name sets the column (wn_trelu, ws_gn, ...)
     for name in norms.names():
-        cls = norms.get(name)
-        print(f"{name:10s} {cls.paper}")
+        print(f"{name:{width}s}  {norms.get(name).paper}")
     return 0
 
 

@@ -6,7 +6,6 @@ duplicates. docs/mlflow_layout.md is the contract with ``analysis/``.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -16,7 +15,8 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from study import store
+from study import runs_view, store
+from study.run_names import trial_run_name
 from trainers.outcome import COLLAPSED, DIVERGED, FAILURE_KINDS, STABLE, outcome_of
 from trainers.run_logger import with_retries
 
@@ -35,9 +35,7 @@ MODEL_TRAINING_QUERY = "workflowType=machine_learning"
 # the runs' descriptions and the columns that compare trials, without choosing columns by hand.
 RUNS_VIEW = "normstudy"
 RUNS_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW}"
-RUNS_VIEW_COLUMNS = ("attributes.`Description`", "params.`hp.lr`", "params.`hp.init_scale`", "params.`hp.seed`",
-                     "tags.`diverged`", "metrics.`final_train_top1`", "metrics.`final_test_top1`")
-RUNS_VIEW_STATE = json.dumps({"selectedColumns": list(RUNS_VIEW_COLUMNS)}, separators=(",", ":"))
+RUNS_VIEW_STATE = runs_view.VIEW_STATE  # its columns, widths and order: study/runs_view.py
 
 
 def resolve_uri(uri: str, base: str | Path | None = None) -> str:
@@ -208,7 +206,8 @@ class StudyTracker:
         old = self._find(key)
         if old is not None:
             with_retries(lambda: self.client.delete_run(old.info.run_id))
-        run_id, _ = self._get_or_create(f"{study}/{scheme}/{trial_id}", dict(key, **{SCHEME: scheme}), parent)
+        name = trial_run_name(scheme, tags)  # what it is, not Ray's id: stable across --resume
+        run_id, _ = self._get_or_create(name, dict(key, **{SCHEME: scheme}), parent)
         self.set_tags(run_id, tags)
         self.log_params(run_id, params)
         return run_id

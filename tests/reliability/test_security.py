@@ -121,10 +121,10 @@ def test_the_mlflow_ui_command_normstudy_prints_listens_on_loopback_only(tmp_pat
     a free port) and check the kernel's socket table: 127.0.0.1 only."""
     import inspect
 
-    from study import cli
+    from study import browse, cli
 
-    printed = re.search(r"browse with: (mlflow ui --backend-store-uri) \{", inspect.getsource(cli.cmd_run))
-    assert printed, "cmd_run no longer prints the mlflow ui command; update this test"
+    printed = re.search(r"browse with: (mlflow ui --backend-store-uri) \{", inspect.getsource(browse.browse_lines))
+    assert printed and "browse_lines" in inspect.getsource(cli.cmd_run), "cmd_run prints no mlflow ui command"
     port = closed_port()
     exe = Path(sys.executable).parent / "mlflow"
     cmd = [str(exe), "ui", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlruns.db'}", "--port", str(port)]
