@@ -82,7 +82,7 @@ def draw_boundary(ax, boundary: Sequence[dict[str, Any]], rows: Sequence[float |
         if b["init_scale"] not in rows:
             continue
         r = list(rows).index(b["init_scale"])
-        y0, y1, ym = r + 0.06, r + 0.94, r + 0.5
+        y0, y1, ym = r + 0.06, r + 0.94, r + 0.88  # an open bracket's arrow near the top: clear of the numbers
         s, d = b.get("stable_lr"), b.get("diverged_lr")
         if s is not None and d is not None:
             ax.fill_betweenx([y0, y1], s, d, facecolor=BAND_COLOR, alpha=0.45, edgecolor="#333333", hatch="///",

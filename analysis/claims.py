@@ -82,7 +82,15 @@ def _both(a: str, b: str) -> str:
 
 
 def _ci(iv: Interval | None) -> str:
-    return "no interval (fewer than 2 stable seeds)" if iv is None else f"95% CI {iv.text()}"
+    """The interval's ends only: its estimate is the number the text has just given (each number once)."""
+    if iv is None:
+        return "no interval (fewer than 2 stable seeds)"
+    return f"95% CI [{iv.lo * 100:+.1f}, {iv.hi * 100:+.1f}]"
+
+
+def _diff(iv: Interval | None) -> str:
+    """A difference the text has not given yet: its estimate, then its interval's ends."""
+    return _ci(iv) if iv is None else f"{iv.text()} (95% CI)"
 
 
 def claim_generalization(summaries: Mapping[str, SchemeSummary]) -> Claim:
@@ -210,7 +218,7 @@ def claim_stability(summaries: Mapping[str, SchemeSummary]) -> Claim:
         }
         parts.append(
             f"{s.name}: {d_s}/{n_s} trials failed ({pct_text(rate_s)}) vs BN {d_b}/{n_b} ({pct_text(rate_b)}) "
-            f"for lr in [{lo:g}, {hi:g}], difference {_ci(iv)} → {rate_verdict}; {_sens_text(sens)}; largest "
+            f"for lr in [{lo:g}, {hi:g}], difference {_diff(iv)} → {rate_verdict}; {_sens_text(sens)}; largest "
             f"stable lr {_lr(_largest_stable(s))} vs BN's {_lr(_largest_stable(bn))} → {verdict}"
         )
     if not verdicts:

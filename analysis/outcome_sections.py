@@ -34,7 +34,7 @@ def stability_section(d: dict, out: Path) -> Section:
         ]
         rows.append([name, ", ".join(per_scale) or "no finished trial"])
     maps = [
-        Image(out / path, f"Stability map of {name}.", half=True)
+        Image(out / path, f"Stability map of {name}.")  # full width: its cells' numbers legible
         for name, path in d["plots"].get("stability_maps", {}).items()
     ]
     return Section(

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import Normalize
+from matplotlib.colors import Normalize, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
@@ -36,6 +36,7 @@ SCHEME_COLORS = {
 }
 FALLBACK_COLORS = ("#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
 DPI = 110
+NO_STABLE = "#d0d0d0"  # a stability-map cell with no stable trial
 DIVERGED_INK = "#b2182b"  # × on a stability-map cell where a seed diverged
 COLLAPSED_INK = "#6a3d9a"  # hollow ○ where a seed collapsed (finite, at chance)
 STALLED_INK = "#b35806"  # hollow □ where a seed stalled (finite, did not fit)
@@ -119,13 +120,40 @@ def _failure_marks(ax, c: Cell, cx: float, cy: float, shift: float, ink: str) ->
         ax.text(cx, cy - 0.36, text, ha="center", va="center", fontsize=7.5, color=ink)
 
 
+def _veil(c: Cell) -> float:
+    """The grey veil's opacity over a cell where some seeds failed: the more failed, the nearer the grey of
+    "no stable trial" (0: none failed; a fully failed cell is that grey already)."""
+    return 0.25 + 0.6 * c.n_failed / c.n if 0 < c.n_failed < c.n else 0.0
+
+
+def _veil_partial(ax, smap: StabilityMap, xe: np.ndarray) -> None:
+    """Grey the cells where some but not all seeds failed, so that they never read as fully stable."""
+    for c in smap.cells:
+        if _veil(c) and c.test_top1 is not None:
+            i, r = smap.lrs.index(c.lr), smap.init_scales.index(c.init_scale)
+            ax.add_patch(Rectangle((xe[i], r), xe[i + 1] - xe[i], 1, facecolor=NO_STABLE, alpha=_veil(c),
+                                   edgecolor="none", zorder=2))
+
+
+def _on_edges(b: dict, xe: np.ndarray) -> dict:
+    """A boundary bracket drawn on its cells' edges — the stable lr at its cell's right edge, the first failed
+    lr at its cell's left edge, just inside each — so no line or hatching crosses a cell's number."""
+    def edge(lr: float, right: bool) -> float:
+        i = int(np.clip(np.searchsorted(xe, lr) - 1, 0, len(xe) - 2))
+        inset = (xe[i + 1] / xe[i]) ** 0.03
+        return float(xe[i + 1] / inset if right else xe[i] * inset)
+
+    return b | {k: edge(b[k], k == "stable_lr") for k in ("stable_lr", "diverged_lr") if b.get(k) is not None}
+
+
 def _label_cells(ax, smap: StabilityMap, xe: np.ndarray, cmap, norm: Normalize) -> None:
     """Each cell's accuracy (white on dark colours) and failure markers."""
     lrs, rows = smap.lrs, smap.init_scales
     for c in smap.cells:
         i, r = lrs.index(c.lr), rows.index(c.init_scale)
         cx, cy = math.sqrt(xe[i] * xe[i + 1]), r + 0.5
-        dark = c.test_top1 is not None and sum(cmap(norm(c.test_top1 * 100))[:3]) < 1.5
+        rgb = np.asarray(cmap(norm(c.test_top1 * 100))[:3]) if c.test_top1 is not None else np.ones(3)
+        dark = sum(rgb + _veil(c) * (np.asarray(to_rgb(NO_STABLE)) - rgb)) < 1.5  # the colour as shown, under its veil
         ink = "white" if dark else "black"
         if c.test_top1 is not None:
             ax.text(cx, cy + (0.18 if c.n_failed else 0), f"{c.test_top1 * 100:.1f}%", ha="center", va="center",
@@ -161,7 +189,9 @@ def _map_legend(fig, boundary_handles: list, kinds: list[str]) -> None:
     handles = [
         *marks,
         Patch(facecolor="none", edgecolor="#e7298a", lw=2.5, label="largest stable lr"),
-        Patch(facecolor="#d0d0d0", label="no stable trial"),
+        Patch(facecolor=NO_STABLE, label="no stable trial"),
+        Patch(facecolor=np.asarray(to_rgb(NO_STABLE)) * 0.6 + np.asarray(colormaps["viridis"](0.7)[:3]) * 0.4,
+              label="greyed: some seeds failed (more, greyer)"),
         *boundary_handles,
     ]
     fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
@@ -176,14 +206,15 @@ def plot_stability_map(s: SchemeSummary, path: Path, vrange: tuple[float, float]
     lrs, rows = smap.lrs, smap.init_scales
     fig, axes = new_figure(max(6.5, 1.15 * len(lrs) + 2.5), 1.0 * len(rows) + 2.6)
     ax = axes[0, 0]
-    cmap = colormaps["viridis"].with_extremes(bad="#d0d0d0")
+    cmap = colormaps["viridis"].with_extremes(bad=NO_STABLE)
     norm = Normalize(*vrange)
     xe = _log_edges(lrs)
     mesh = ax.pcolormesh(xe, np.arange(len(rows) + 1), np.ma.masked_invalid(_map_grid(smap)), cmap=cmap, norm=norm,
                          edgecolors="white", linewidth=1.5)
     ax.set_xscale("log")
+    _veil_partial(ax, smap, xe)
     _label_cells(ax, smap, xe, cmap, norm)
-    boundary_handles = draw_boundary(ax, groups_boundary(s.groups), rows)
+    boundary_handles = draw_boundary(ax, [_on_edges(b, xe) for b in groups_boundary(s.groups)], rows)
     ax.set_xticks(lrs, [f"{x:g}" for x in lrs])
     ax.set_xticks([], minor=True)
     ax.set_yticks(np.arange(len(rows)) + 0.5, [_scale_label(r) for r in rows])

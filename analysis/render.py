@@ -56,6 +56,7 @@ figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 13px; }
 td.ok { color: #1a7f37; font-weight: bold; } td.no { color: #cf222e; font-weight: bold; }
 td.na { color: #6e7781; font-weight: bold; }
+code { background: #f6f8fa; padding: 0 .25em; border-radius: 3px; font-size: 90%; }
 """
 
 
@@ -82,8 +83,20 @@ def to_markdown(title: str, sections: list[Section]) -> str:
 
 
 def _inline(text: str) -> str:
-    """Escape, then turn **bold** into <strong>."""
-    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(str(text)))
+    """The inline markdown the report's texts carry, as HTML: `code`, **bold**, *italic*, [text](url) links;
+    everything else escaped. Code spans are cut out first, so nothing inside them is read as markdown."""
+    parts = str(text).split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick: literal
+        parts = [str(text)]
+    out = []
+    for i, part in enumerate(parts):
+        if i % 2:
+            out.append(f"<code>{html.escape(part)}</code>")
+            continue
+        t = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(part))
+        t = re.sub(r"(?<![\w*])\*(?!\s)([^*]+?)(?<!\s)\*(?![\w*])", r"<em>\1</em>", t)
+        out.append(re.sub(r"\[([^\]]+)\]\(((?:https?://|#)[^)\s]+)\)", r'<a href="\2">\1</a>', t))
+    return "".join(out)
 
 
 def _html_table(t: Table) -> str:
