@@ -26,7 +26,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from study import cli
+from analysis.scheme_metrics import rounded
+from study import cli, runs_view
+from study.run_names import trial_run_name
 from study.tracking import runs_table_url, scheme_progress_note, trial_note
 from tests.study.test_submit import _kill_tree, _start_mlflow, _wait_http
 
@@ -242,7 +244,18 @@ def test_a_study_reads_in_the_mlflow_ui(mlflow_server, ray_cluster, tmp_path, mo
         elif tags.get("stalled") == "1":
             expected = f"stalled: train loss {float(tags['stall_loss_ratio']):.2f} of its start; {expected}"
         assert tags[NOTE] == expected
-    for name, s in schemes.items():
+    for t in trials:  # named by what it is; its outcome tag is the one rule's word
+        assert t["info"]["run_name"] == trial_run_name(t["tags"]["normstudy.scheme"], t["tags"])
+        assert t["tags"]["outcome"] in ("stable", "diverged", "collapsed", "stalled")
+    report = json.loads(next(cwd.glob("**/report.json")).read_text())
+    table = out[out.index("scheme      trials"):]
+    for name, s in schemes.items():  # MLflow, the report and the CLI's table say the same numbers
+        best, m = report["schemes"][name]["best"], s["metrics"]
+        if best is not None and best["test_top1"]["mean"] is not None:
+            assert m["best_test_top1"] == rounded(best["test_top1"]["mean"])
+            row = next(ln for ln in table.splitlines() if ln.startswith(name))
+            assert f"{best['test_top1']['mean']:.3f} (" in row
+        assert m["diverged_rate"] == rounded(report["schemes"][name]["failures"]["diverged"]["rate"])
         assert s["tags"]["mlflow.parentRunId"] == study_id
         assert re.match(r"2 trials: \d stable, \d diverged", s["tags"][NOTE]), s["tags"][NOTE]
         assert _artifacts(uri, s["info"]["run_id"], "report") == {f"stability_{name}.png", f"curves_{name}.png"}
@@ -264,6 +277,8 @@ def test_a_study_reads_in_the_mlflow_ui(mlflow_server, ray_cluster, tmp_path, mo
     async def browse() -> None:
         async with Chromium(tmp_path / "profile") as page:  # a fresh profile: the UI's defaults
             await page.send("Page.enable")
+            await page.send("Emulation.setDeviceMetricsOverride", width=1600, height=1000, deviceScaleFactor=1,
+                            mobile=False)
             # The runs table, in the model-training view, with normstudy's columns: expand the study row, then
             # its scheme rows, and every run is on screen with its description.
             await page.open(runs_table_url(exp_id, server=uri), "7 matching runs", "Model training", "Description",
@@ -275,8 +290,24 @@ def test_a_study_reads_in_the_mlflow_ui(mlflow_server, ray_cluster, tmp_path, mo
                 await asyncio.sleep(1.0)
                 text = await page.js("document.body.innerText")
             notes = [r["tags"][NOTE][:30] for r in (*schemes.values(), *trials)]  # the table cuts long ones
-            await page.wait_for(*names, *notes, timeout=5)
+            await page.wait_for(*names, *notes, "MLflow Assistant", timeout=5)  # the assistant panel open
             await page.screenshot(shots / "runs_table.png")
+            # At 1600 px beside the assistant: the outcome and the scheme metrics' columns whole on screen, and
+            # each scheme's row shows its values (rounded as logged)
+            edge = await page.js("document.querySelector('.ag-center-cols-viewport').getBoundingClientRect().right")
+            first = [runs_view.OUTCOME, *(f"metrics.`{k}`" for k in runs_view.FIRST)]
+            right = await page.js("Object.fromEntries([...document.querySelectorAll('[role=columnheader][col-id]')]"
+                                  ".map(h => [h.getAttribute('col-id'), h.getBoundingClientRect().right]))")
+            shown = [c for c in first if c in right]
+            assert len(shown) >= len(first) - 2, (first, right)  # a metric no run has gets no column
+            assert all(right[c] <= edge + 1 for c in shown), (edge, right)
+            for name, s in schemes.items():
+                cells = await page.js(
+                    f"Object.fromEntries([...document.querySelectorAll('[row-id=\"{s['info']['run_id']}\"] "
+                    "[col-id]')].map(c => [c.getAttribute('col-id'), c.innerText.trim()]))")
+                for key in ("best_test_top1", "diverged_rate"):
+                    if key in s["metrics"]:
+                        assert float(cells[f"metrics.`{key}`"]) == s["metrics"][key], (name, key, cells)
             # The experiment's description above the table links back to this view (markdown rendered).
             assert await page.js("!!document.querySelector('a[href*=\"viewStateShareKey=normstudy\"]')")
             # A diverged trial's page says what happened; the study run's artifacts hold the report.
@@ -300,6 +331,17 @@ def test_a_study_reads_in_the_mlflow_ui(mlflow_server, ray_cluster, tmp_path, mo
             await page.js("[...document.querySelectorAll('h2, h3, span, div')].reverse()"  # the Metrics table up
                           ".find(e => e.textContent.trim() === 'Metrics')?.scrollIntoView()")
             await page.screenshot(shots / "compare_wn.png")
+
+        async with Chromium(tmp_path / "profile2") as page:  # the report's maps at the size they are shown
+            await page.send("Page.enable")
+            await page.send("Emulation.setDeviceMetricsOverride", width=1600, height=1000, deviceScaleFactor=1,
+                            mobile=False)
+            await page.open((report_dir / "report.html").resolve().as_uri(), "Stability map of wn")
+            sizes = await page.js("[...document.images].filter(i => i.alt.startsWith('Stability map'))"
+                                  ".map(i => [i.clientWidth, i.naturalWidth])")
+            assert len(sizes) == 2 and all(shown >= 0.95 * drawn for shown, drawn in sizes), sizes
+            await page.js("[...document.images].find(i => i.alt.startsWith('Stability map')).scrollIntoView()")
+            await page.screenshot(shots / "report_map.png")
 
     asyncio.run(browse())
     for png in shots.iterdir():
