@@ -116,7 +116,9 @@ def _failure_marks(ax, c: Cell, cx: float, cy: float, shift: float, ink: str) ->
         kind, n = marks[0]
         ax.text(cx, cy - 0.36, f"{n}/{c.n} {kind}", ha="center", va="center", fontsize=7.5, color=ink)
     elif marks:
-        text = ", ".join(f"{n}/{c.n} {failure_mark(kind)[2]}" for kind, n in marks)
+        parts = [f"{n}/{c.n} {failure_mark(kind)[2]}" for kind, n in marks]
+        # two a line: three kinds on one line run into the cell's edges (and the boundary drawn there)
+        text = "\n".join(", ".join(parts[i:i + 2]) for i in range(0, len(parts), 2))
         ax.text(cx, cy - 0.36, text, ha="center", va="center", fontsize=7.5, color=ink)
 
 

@@ -9,6 +9,7 @@ overview a plain experiment link opens.
 
 from __future__ import annotations
 
+from study.runs_view import SCHEMES_VIEW
 from study.tracking import runs_table_url
 
 UI_PORT = 5000  # `mlflow ui`'s default port
@@ -18,8 +19,10 @@ def browse_lines(tracking_uri: str, experiment: str, experiment_id: str) -> list
     """The CLI's lines on the study's MLflow store and its runs table."""
     if tracking_uri.startswith(("http://", "https://")):
         return [f"MLflow: {tracking_uri} (experiment '{experiment}')",
-                f"Runs table: {runs_table_url(experiment_id, server=tracking_uri)}"]
+                f"Runs table: {runs_table_url(experiment_id, server=tracking_uri)}",
+                f"Schemes compared: {runs_table_url(experiment_id, server=tracking_uri, view=SCHEMES_VIEW)}"]
     server = f"http://127.0.0.1:{UI_PORT}"
     return [f"MLflow: {tracking_uri} (experiment '{experiment}'); "
             f"browse with: mlflow ui --backend-store-uri {tracking_uri} --port {UI_PORT}",
-            f"Runs table (once that serves): {runs_table_url(experiment_id, server=server)}"]
+            f"Runs table (once that serves): {runs_table_url(experiment_id, server=server)}",
+            f"Schemes compared: {runs_table_url(experiment_id, server=server, view=SCHEMES_VIEW)}"]

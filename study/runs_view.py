@@ -51,4 +51,19 @@ def view_state() -> dict:
             "orderByKey": SORT_KEY, "orderByAsc": True}
 
 
+# The schemes compared: a second view of only the scheme runs (flat, so sortable by a metric: the best first),
+# whose chart view draws one bar a scheme for each metric (the chart view shows the table's first rows).
+SCHEMES_VIEW = "normstudy-schemes"
+SCHEMES_FILTER = "tags.`normstudy.role` = 'scheme'"
+
+
+def schemes_view_state() -> dict:
+    """The schemes view: the scheme rows only, sorted by ``best_test_top1`` (highest first)."""
+    order = [c for c in ORDER if c not in (OUTCOME, "metrics.`final_test_top1`", "metrics.`final_train_top1`")]
+    return {"selectedColumns": [c for c in COLUMNS if c in order], "columnOrder": order,
+            "columnWidths": {c: WIDTHS.get(c, NUMBER_WIDTH) for c in order} | {RUN_NAME: 150},
+            "searchFilter": SCHEMES_FILTER, "orderByKey": "metrics.`best_test_top1`", "orderByAsc": False}
+
+
 VIEW_STATE = json.dumps(view_state(), separators=(",", ":"))
+SCHEMES_VIEW_STATE = json.dumps(schemes_view_state(), separators=(",", ":"))

@@ -36,6 +36,7 @@ MODEL_TRAINING_QUERY = "workflowType=machine_learning"
 RUNS_VIEW = "normstudy"
 RUNS_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW}"
 RUNS_VIEW_STATE = runs_view.VIEW_STATE  # its columns, widths and order: study/runs_view.py
+SCHEMES_VIEW_TAG = f"mlflow.sharedViewState.{runs_view.SCHEMES_VIEW}"  # the scheme runs alone, best first
 
 
 def resolve_uri(uri: str, base: str | Path | None = None) -> str:
@@ -47,7 +48,8 @@ def resolve_uri(uri: str, base: str | Path | None = None) -> str:
     return uri
 
 
-def runs_table_url(experiment_id: str, run_id: str | None = None, server: str | None = None) -> str:
+def runs_table_url(experiment_id: str, run_id: str | None = None, server: str | None = None,
+                   view: str = RUNS_VIEW) -> str:
     """The MLflow UI page of an experiment's runs table (in normstudy's view), or of one run, in the
     model-training view.
 
@@ -57,13 +59,15 @@ def runs_table_url(experiment_id: str, run_id: str | None = None, server: str | 
     base = server.rstrip("/") + "/" if server and server.startswith(("http://", "https://")) else ""
     if run_id:
         return f"{base}#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_QUERY}"
-    return f"{base}#/experiments/{experiment_id}/runs?viewStateShareKey={RUNS_VIEW}&{MODEL_TRAINING_QUERY}"
+    return f"{base}#/experiments/{experiment_id}/runs?viewStateShareKey={view}&{MODEL_TRAINING_QUERY}"
 
 
 def experiment_note(experiment_id: str) -> str:
-    return ("normstudy: one run per study, its schemes nested under it, their trials under each scheme; a run's "
-            "description says what happened, a study run's artifacts (report/) hold its stability report. "
-            f"Compare schemes in the [runs table]({runs_table_url(experiment_id)}).")
+    # the links first: MLflow shows a description's first line only, until it is opened
+    return (f"Compare schemes in the [runs table]({runs_table_url(experiment_id)}) or [the schemes alone]"
+            f"({runs_table_url(experiment_id, view=runs_view.SCHEMES_VIEW)}). normstudy: one run per study, its "
+            "schemes nested under it, their trials under each scheme; a run's description says what happened, a "
+            "study run's artifacts (report/) hold its stability report.")
 
 
 def last_line(err: BaseException, limit: int = 300) -> str:
@@ -138,7 +142,8 @@ class StudyTracker:
         exp = with_retries(lambda: self.client.get_experiment_by_name(experiment))
         if exp is None:
             self.experiment_id = with_retries(lambda: self.client.create_experiment(
-                experiment, tags={EXPERIMENT_KIND: MODEL_TRAINING, RUNS_VIEW_TAG: RUNS_VIEW_STATE}))
+                experiment, tags={EXPERIMENT_KIND: MODEL_TRAINING, RUNS_VIEW_TAG: RUNS_VIEW_STATE,
+                                  SCHEMES_VIEW_TAG: runs_view.SCHEMES_VIEW_STATE}))
             self._set_experiment_tag(NOTE, experiment_note(self.experiment_id))
         else:
             self.experiment_id = exp.experiment_id
@@ -148,7 +153,8 @@ class StudyTracker:
         """An existing experiment (an older normstudy's, or one made by hand) gets the kind and the runs
         view too; a description of its own is kept. Nothing is written when all is in place (every trial
         opens a tracker)."""
-        for key, value in ((EXPERIMENT_KIND, MODEL_TRAINING), (RUNS_VIEW_TAG, RUNS_VIEW_STATE)):
+        for key, value in ((EXPERIMENT_KIND, MODEL_TRAINING), (RUNS_VIEW_TAG, RUNS_VIEW_STATE),
+                           (SCHEMES_VIEW_TAG, runs_view.SCHEMES_VIEW_STATE)):
             if tags.get(key) != value:
                 self._set_experiment_tag(key, value)
         if not tags.get(NOTE):

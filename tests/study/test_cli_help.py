@@ -57,6 +57,7 @@ def test_the_cli_prints_the_runs_table_link_and_what_serves_it():
     remote = browse_lines("http://mlflow:5000", "quick", "7")
     assert remote[1] == ("Runs table: http://mlflow:5000/#/experiments/7/runs?viewStateShareKey=normstudy"
                          "&workflowType=machine_learning")
+    assert "viewStateShareKey=normstudy-schemes&" in remote[2]
 
 
 def test_a_trial_run_is_named_by_what_it_is():

@@ -308,6 +308,23 @@ def test_a_study_reads_in_the_mlflow_ui(mlflow_server, ray_cluster, tmp_path, mo
                 for key in ("best_test_top1", "diverged_rate"):
                     if key in s["metrics"]:
                         assert float(cells[f"metrics.`{key}`"]) == s["metrics"][key], (name, key, cells)
+            # The schemes view: the scheme rows alone, the best first
+            await page.open(runs_table_url(exp_id, server=uri, view=runs_view.SCHEMES_VIEW), "2 matching runs",
+                            "best_test_top1")
+            best = {f"ui/{n}": s["metrics"].get("best_test_top1") for n, s in schemes.items()}  # None: no stable seed
+
+            def ranked(rows: list[str]) -> bool:  # every scheme; those with a best, best first (ties either way)
+                values = [best[r] for r in rows if best[r] is not None]
+                return sorted(rows) == sorted(best) and values == sorted(values, reverse=True)
+
+            deadline, order = time.monotonic() + 15, []
+            while not ranked(order) and time.monotonic() < deadline:  # the sorted rows replace the cached ones
+                await asyncio.sleep(0.5)
+                order = list(dict.fromkeys(await page.js(
+                    "[...document.querySelectorAll('[role=row][row-id]')].map(r => r.innerText)"
+                    ".filter(t => t.includes('ui/')).map(t => t.match(/ui\\/\\w+/)[0])")))
+            assert ranked(order), (order, best)
+            await page.open(runs_table_url(exp_id, server=uri), "7 matching runs")
             # The experiment's description above the table links back to this view (markdown rendered).
             assert await page.js("!!document.querySelector('a[href*=\"viewStateShareKey=normstudy\"]')")
             # A diverged trial's page says what happened; the study run's artifacts hold the report.
@@ -332,10 +349,7 @@ def test_a_study_reads_in_the_mlflow_ui(mlflow_server, ray_cluster, tmp_path, mo
                           ".find(e => e.textContent.trim() === 'Metrics')?.scrollIntoView()")
             await page.screenshot(shots / "compare_wn.png")
 
-        async with Chromium(tmp_path / "profile2") as page:  # the report's maps at the size they are shown
-            await page.send("Page.enable")
-            await page.send("Emulation.setDeviceMetricsOverride", width=1600, height=1000, deviceScaleFactor=1,
-                            mobile=False)
+            # the report's maps at the size they are shown, in the same 1600 px window
             await page.open((report_dir / "report.html").resolve().as_uri(), "Stability map of wn")
             sizes = await page.js("[...document.images].filter(i => i.alt.startsWith('Stability map'))"
                                   ".map(i => [i.clientWidth, i.naturalWidth])")
