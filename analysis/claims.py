@@ -85,6 +85,8 @@ def _ci(iv: Interval | None) -> str:
     """The interval's ends only: its estimate is the number the text has just given (each number once)."""
     if iv is None:
         return "no interval (fewer than 2 stable seeds)"
+    if iv.lo == iv.hi:  # every seed gave the same value: nothing to bracket
+        return "the same on every seed"
     return f"95% CI [{iv.lo * 100:+.1f}, {iv.hi * 100:+.1f}]"
 
 

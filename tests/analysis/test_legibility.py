@@ -37,6 +37,8 @@ def test_each_number_of_a_claim_is_said_once():
     c = claim_generalization(summaries(bn_test=0.76, wn_test=0.71, seeds=(0, 1, 2, 3), spread=0.005))
     said = _numbers(c.reason)
     assert "-5.0" in said and said.count("-5.0") == 1, c.reason  # the test difference, not again in its interval
+    same = claim_generalization(summaries(bn_train=1.0, wn_train=1.0, seeds=(0, 1)))  # train: no spread at all
+    assert "train +0.0 pts (the same on every seed)" in same.reason, same.reason
     c2 = claim_stability(summaries(seeds=(0, 1, 2)))
     diff = re.search(r"difference ([+-]\d+\.\d) pts \[[^]]+\] \(95% CI\)", c2.reason)
     assert diff and c2.reason.count(diff.group(1)) == 1, c2.reason
