@@ -155,6 +155,12 @@ def evaluate(study: StudyData, claim_id: int) -> ScaleResult | None:
         if r.scheme != "bn" and b is not None and r.best is not None:
             mine, base = r.best.test_top1, b.test_top1
             r.test_minus_bn = intervals.welch(mine.mean, mine.std, mine.n, base.mean, base.std, base.n)
+    depths = {r.variant: r.depth for r in rows}
+    if len(set(depths.values())) < len(depths):  # a width sweep: several variants at one depth
+        claim = Claim(claim_id, CLAIM, NOT_MEASURED, "Variants share a depth (" + ", ".join(
+            f"{v}: {d}" for v, d in depths.items()) + "); the power law is fitted against depth only, so it needs "
+            "one variant a depth.")
+        return ScaleResult(rows, {}, claim)
     laws = {}
     for scheme in sorted({r.scheme for r in rows}, key=scheme_order):
         depth_outcomes = {}

@@ -104,8 +104,9 @@ def test_a_two_variant_boundary_study_runs_through_ray_and_mlflow_into_the_scale
 
     monkeypatch.chdir(tmp_path)
     variants = "scale.variants=[{name: d6, cifar_blocks: [1, 1]}, {name: d10, cifar_blocks: [2, 2]}]"
-    spec = spec_mod.load(None, BOUNDARY + ["schemes=[bn, wn]", "search.seeds=[0]", variants,
-                                           "tracking.study_name=scale"])
+    # a tolerance of 40 on the [0.1, 100] start: one bisection a bracket (3 rates), enough to close each
+    spec = spec_mod.load(None, BOUNDARY + ["schemes=[bn, wn]", "search.seeds=[0]", "search.boundary_tolerance=40",
+                                           variants, "tracking.study_name=scale"])
     result = run_study(spec)
 
     trials = _runs(result.tracking_uri, "scale", "trial")
