@@ -91,6 +91,20 @@ def test_the_boundary_searcher_brackets_each_variant_on_its_own_and_restores_an_
     assert s.keys == [("bn", None, None), ("wn", 1.0, None)]
 
 
+def test_the_presets_sweep_four_cpu_depths_and_torchvisions_three_on_a_gpu():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "specs"
+    cpu = spec_mod.load(root / "scale.yaml")
+    assert [e.name for e in cpu.schemes] == list(spec_mod.PAPER_SCHEMES) and len(cpu.search.seeds) >= 2
+    assert cpu.search.mode == "boundary" and not cpu.scaling.use_gpu
+    assert sorted(int(v) for k, v in scale_params(cpu).items() if k.endswith(".depth")) == [8, 14, 20, 32]
+    gpu = spec_mod.load(root / "imagenette_scale.yaml", ["data.path=/data/imagenette2"])
+    assert gpu.scaling.use_gpu and gpu.search.mode == "boundary"
+    assert sorted(int(v) for k, v in scale_params(gpu).items() if k.endswith(".depth")) == [18, 34, 50]
+    assert sum(planned_trials(gpu, e.name) for e in gpu.schemes) == 168  # the cap its header's estimate quotes
+
+
 # --------------------------------------------------------------------------------------------------
 # end to end
 
