@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import NullFormatter
 
 from analysis.plots import new_figure, save_figure, scheme_color
 from analysis.scale import TARGET_DEPTH, ScaleResult
@@ -51,11 +52,14 @@ def plot_scale(result: ScaleResult, path: Path) -> Path | None:
             label += f": b = {law.b:+.2f}" + (f" [{ci.lo:+.2f}, {ci.hi:+.2f}]" if ci else "")
         ax.plot([], [], color=color, lw=2, label=label)
     ax.axvline(TARGET_DEPTH, color="#999999", lw=0.8, ls=":")
-    ax.annotate(f"extrapolation to depth {TARGET_DEPTH}\n(ResNet-50)", (TARGET_DEPTH, 1),
-                xycoords=("data", "axes fraction"), xytext=(-4, -4), textcoords="offset points", ha="right",
-                va="top", fontsize=8, color="#555555")
+    ax.annotate(f"extrapolation to depth {TARGET_DEPTH}\n(ResNet-50)", (TARGET_DEPTH, 0),
+                xycoords=("data", "axes fraction"), xytext=(-4, 4), textcoords="offset points", ha="right",
+                va="bottom", fontsize=8, color="#555555")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ticks = sorted({r.depth for r in rows} | {TARGET_DEPTH})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("depth (weight layers)")
     ax.set_ylabel("learning rate")
     ax.set_title("Stability boundary vs depth: • largest stable lr, × first failed lr; fit lr* = a·depth^b")
