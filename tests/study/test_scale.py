@@ -66,20 +66,36 @@ def test_every_search_runs_once_per_variant_on_that_variants_model():
         int(scale_params(spec)["scale.d8.params"])
 
 
-def test_the_boundary_searcher_brackets_each_variant_on_its_own_and_restores_an_older_state():
-    s = BoundarySearch(TrialConfigs(_spec()), low=0.01, high=1.0, tolerance=2.0, max_points=12, seeds=[0])
-    boundary = {("bn", "d8"): 0.5, ("wn", "d8"): 0.2, ("bn", "d14"): 0.3, ("wn", "d14"): 0.05}
-    n, live = 0, {}
-    while (cfg := s.suggest(f"t{n}")) != Searcher.FINISHED:
+BOUNDARY = {("bn", "d8"): 0.5, ("wn", "d8"): 0.2, ("bn", "d14"): 0.3, ("wn", "d14"): 0.05}
+
+
+def _drive(s: BoundarySearch, stop_after: int | None = None, prefix: str = "t") -> dict:
+    """Like Tune: take suggestions until none comes, then complete the oldest running trial; until FINISHED
+    (or ``stop_after`` completions: the trials still running are returned)."""
+    n, live, done = 0, {}, 0
+    while (cfg := s.suggest(f"{prefix}{n}")) != Searcher.FINISHED:
         if cfg is not None:
-            t = trial_of(cfg)
-            live[f"t{n}"] = t
+            live[f"{prefix}{n}"] = trial_of(cfg)
             n += 1
             continue
+        if stop_after is not None and done >= stop_after:
+            return live
         tid = next(iter(live))
         t = live.pop(tid)
-        failed = t.hp["lr"] > boundary[t.scheme_name, t.hp["variant"]]
+        failed = t.hp["lr"] > BOUNDARY[t.scheme_name, t.hp["variant"]]
         s.on_trial_complete(tid, {"diverged": 1.0} if failed else {"diverged": 0.0, "final_test_top1": 0.5})
+        done += 1
+    return live
+
+
+def _searcher() -> BoundarySearch:
+    return BoundarySearch(TrialConfigs(_spec()), low=0.01, high=1.0, tolerance=2.0, max_points=12, seeds=[0])
+
+
+def test_the_boundary_searcher_brackets_each_variant_on_its_own_and_restores_an_older_state():
+    s = _searcher()
+    boundary = BOUNDARY
+    _drive(s)
     for row in s.summary():
         true = boundary[row["scheme"], row["variant"]]
         assert row["stable_lr"] <= true < row["diverged_lr"] <= 2.0 * row["stable_lr"] * 1.001
@@ -89,6 +105,21 @@ def test_the_boundary_searcher_brackets_each_variant_on_its_own_and_restores_an_
            "finished": {t: (k[:2], lr, sd) for t, (k, lr, sd) in old["finished"].items() if k[2] == "d8"}}
     s.set_state(old)
     assert s.keys == [("bn", None, None), ("wn", 1.0, None)]
+
+
+def test_a_searcher_saved_mid_search_over_variants_resumes_to_the_same_brackets(tmp_path):
+    """What `normstudy run --resume` restores (Tune pickles the searcher beside its trials)."""
+    whole, part = _searcher(), _searcher()
+    _drive(whole)
+    running = _drive(part, stop_after=5)
+    part.save(str(tmp_path / "searcher.pkl"))
+    restored = _searcher()
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    for tid, t in running.items():  # the trials running at the kill finish under their ids after the restore
+        failed = t.hp["lr"] > BOUNDARY[t.scheme_name, t.hp["variant"]]
+        restored.on_trial_complete(tid, {"diverged": 1.0} if failed else {"diverged": 0.0, "final_test_top1": 0.5})
+    _drive(restored, prefix="r")
+    assert restored.summary() == whole.summary()
 
 
 def test_the_presets_sweep_four_cpu_depths_and_torchvisions_three_on_a_gpu():
