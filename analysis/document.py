@@ -155,11 +155,14 @@ def build_data(
 
 
 def build_sections(d: dict, out: Path) -> list[Section]:
+    from analysis.scale_sections import scale_sections  # imports this module (sensitivity_data)
+
     return [
         study_section(d),
         claims_section(d),
         stability_section(d, out),
         sensitivity_section(d, out),
+        *scale_sections(d, out),
         schemes_section(d, out),
         paper_section(d),
         failures_section(d, out),

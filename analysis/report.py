@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis import claims as claims_mod
-from analysis import collect, cost_plots, curve_plots, document, early_warning, paper, plots, render
+from analysis import collect, cost_plots, curve_plots, document, early_warning, paper, plots, render, scale_sections
 from analysis.collect import DEFAULT_EXPERIMENT, ReportError
 from analysis.publish import DeferredPublisher, Publisher, PublisherFactory, PublishError, file_stem, publish_report
 from analysis.summarize import SchemeSummary, summarize_scheme
@@ -74,13 +74,15 @@ def render_report(study: collect.StudyData, summaries: dict[str, SchemeSummary],
     trials = {(t.scheme, t.trial_id): t for s in study.schemes for t in s.trials}
     claims = claims_mod.evaluate_claims(summaries)
     comparison = paper.paper_comparison(claims, summaries, study.params)
+    scale = scale_sections.add_to_report(study, claims, comparison)  # a scale study's claim and paper row
     ew = early_warning.evaluate(t for s in study.schemes for t in s.trials)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     drawn = _draw(summaries, trials, out)
     setup = paper.our_setup(study.params)
-    data = _clean(document.build_data(study, summaries, claims, comparison, setup, ew, drawn))
+    data = _clean(document.build_data(study, summaries, claims, comparison, setup, ew, drawn)
+                  | scale_sections.scale_data(scale, out))
     (out / "report.json").write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     sections = document.build_sections(data, out)
     title = f"normstudy stability report — {study.name}"

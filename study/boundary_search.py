@@ -1,5 +1,5 @@
 """``search.mode: boundary`` as a Ray Tune ``Searcher``: the largest stable learning rate of every
-(scheme, init scale), found by bracketing and bisecting log lr (the state machine is
+(scheme, init scale, model variant), found by bracketing and bisecting log lr (the state machine is
 :class:`study.boundary.Bracket`; the algorithm is described there).
 
 One searcher drives every bracket of a study in one Tune experiment, like grid mode (trial actors are
@@ -37,6 +37,11 @@ from study.trial_configs import TrialConfigs, tune_config
 from trainers.outcome import ERRORED, UNFINISHED, outcome_of
 
 
+def _key(k: tuple) -> tuple[str, float | None, str | None]:
+    """A bracket's key from saved state; a state saved before the scale axis has (scheme, init scale)."""
+    return (*k, None) if len(k) == 2 else tuple(k)
+
+
 def classify(result: dict[str, Any] | None, error: bool) -> str:
     """A finished trial's outcome from its last reported result; one that ended without a summary (stopped
     or lost) counts as errored: it says nothing about stability, and the bracket must not wait for it."""
@@ -54,8 +59,9 @@ class BoundarySearch(Searcher):
         self.configs = configs
         self.keys = configs.bracket_keys()
         self.brackets = {k: Bracket(low, high, tolerance, max_points, tuple(seeds)) for k in self.keys}
-        self.running: dict[str, tuple[tuple[str, float | None], float, int]] = {}  # trial id -> (key, lr, seed)
-        self.finished: dict[str, tuple[tuple[str, float | None], float, int]] = {}
+        # trial id -> (key, lr, seed); a key is (scheme, init scale, variant)
+        self.running: dict[str, tuple[tuple[str, float | None, str | None], float, int]] = {}
+        self.finished: dict[str, tuple[tuple[str, float | None, str | None], float, int]] = {}
         self.max_concurrent = max_concurrent  # 0: no limit of its own
         self._turn = 0
 
@@ -87,8 +93,8 @@ class BoundarySearch(Searcher):
                 self.brackets[key].start(lr, seed)
                 self.running[trial_id] = (key, lr, seed)
                 self._turn = (self._turn + i + 1) % n
-                scheme, scale = key
-                return tune_config(self.configs.point(scheme, lr, seed, scale))
+                scheme, scale, variant = key
+                return tune_config(self.configs.point(scheme, lr, seed, scale, variant))
         if not self.running and all(b.done for b in self.brackets.values()):
             return Searcher.FINISHED
         return None
@@ -107,9 +113,10 @@ class BoundarySearch(Searcher):
                 "turn": self._turn}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.keys = [tuple(k) for k in state["keys"]]
-        self.brackets = {tuple(k): Bracket.from_state(b) for k, b in state["brackets"].items()}
-        self.running, self.finished = dict(state["running"]), dict(state["finished"])
+        self.keys = [_key(k) for k in state["keys"]]
+        self.brackets = {_key(k): Bracket.from_state(b) for k, b in state["brackets"].items()}
+        self.running = {t: (_key(k), lr, s) for t, (k, lr, s) in state["running"].items()}
+        self.finished = {t: (_key(k), lr, s) for t, (k, lr, s) in state["finished"].items()}
         self.max_concurrent, self._turn = state["max_concurrent"], state["turn"]
 
     def save(self, checkpoint_path: str) -> None:
@@ -123,8 +130,8 @@ class BoundarySearch(Searcher):
     # --- results ------------------------------------------------------------------------------------
 
     def summary(self) -> list[dict[str, Any]]:
-        """One row per bracket: scheme, init scale, the bracket, its status, rates and trials."""
-        return [{"scheme": k[0], "init_scale": k[1], **b.summary()} for k, b in self.brackets.items()]
+        """One row per bracket: scheme, init scale, variant, the bracket, its status, rates and trials."""
+        return [{"scheme": k[0], "init_scale": k[1], "variant": k[2], **b.summary()} for k, b in self.brackets.items()]
 
     def upper_bound_trials(self) -> int:
         return sum(b.max_points * len(b.seeds) for b in self.brackets.values())

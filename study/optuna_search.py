@@ -39,17 +39,19 @@ class OptunaSpace:
 class TrialConfigSearch(Searcher):
     """A searcher whose suggestions are sampled values, handing Tune each one as a resolved trial config."""
 
-    def __init__(self, searcher: Searcher, configs: TrialConfigs, scheme: str) -> None:
-        self.searcher, self.configs, self.scheme = searcher, configs, scheme
+    def __init__(self, searcher: Searcher, configs: TrialConfigs, scheme: str, variant: str | None = None) -> None:
+        self.searcher, self.configs, self.scheme, self.variant = searcher, configs, scheme, variant
         super().__init__(metric=searcher.metric, mode=searcher.mode)
 
     @classmethod
-    def optuna(cls, configs: TrialConfigs, scheme: str, *, metric: str, mode: str) -> TrialConfigSearch:
+    def optuna(cls, configs: TrialConfigs, scheme: str, *, metric: str, mode: str,
+               variant: str | None = None) -> TrialConfigSearch:
+        """TPE over ``scheme``'s space on ``variant``'s model (one searcher per scheme and variant)."""
         s = configs.spec.search
         # metric/mode on the searcher itself: it ignores TuneConfig's with a define-by-run space.
         inner = OptunaSearch(space=OptunaSpace(configs.space(scheme), s.seeds[0]), metric=metric, mode=mode,
                              seed=s.optuna_seed)
-        return cls(inner, configs, scheme)
+        return cls(inner, configs, scheme, variant)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         values = self.searcher.suggest(trial_id)
@@ -57,7 +59,7 @@ class TrialConfigSearch(Searcher):
             return values
         values = dict(values)
         number = values.pop(NUMBER, None)
-        return tune_config(self.configs.resolve(self.scheme, values, number))
+        return tune_config(self.configs.resolve(self.scheme, values, number, self.variant))
 
     # --- everything else is the wrapped searcher's ---------------------------------------------------
 

@@ -107,7 +107,7 @@ class TrialProgress(Callback):
         self.done += new
         config = trial_of(trial.config)
         scheme = config.scheme_name if config else self.scheme
-        cfg = {k: v for k, v in (config.hp if config else {}).items() if isinstance(v, int | float)}
+        cfg = {k: v for k, v in (config.hp if config else {}).items() if isinstance(v, int | float | str)}
         hp = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(cfg.items()))
         line = f"[{self.done:3d}/{self.total}] {time.time() - self.started:6.0f}s  {scheme:9s} {hp:45s} {note}"
         if self.bar is None:

@@ -80,21 +80,21 @@ def scheme_summaries(result: StudyResult) -> dict[str, SchemeSummary]:
 
 
 def boundary_rows(configs: TrialConfigs, trials: Sequence[TrialResult]) -> list[dict[str, Any]]:
-    """The bracket of every (scheme, init scale) from the trials' results: scheme, init_scale, stable_lr,
-    diverged_lr (the smallest failed rate), ratio, converged (within search.boundary_tolerance), points,
-    trials."""
+    """The bracket of every (scheme, init scale, variant) from the trials' results: scheme, init_scale,
+    variant (None without a scale axis), stable_lr, diverged_lr (the smallest failed rate), ratio, converged
+    (within search.boundary_tolerance), points, trials."""
     seeds: dict[tuple, dict[float, dict[int, str]]] = {k: {} for k in configs.bracket_keys()}
     for r in trials:
-        key = (r.scheme, r.trial.hp.get("init_scale"))
+        key = (r.scheme, r.trial.hp.get("init_scale"), r.trial.hp.get("variant"))
         if key in seeds and "lr" in r.trial.hp:
             seeds[key].setdefault(float(r.trial.hp["lr"]), {})[r.trial.seed] = classify(r.metrics, r.error is not None)
     rows = []
-    for (scheme, scale), points in seeds.items():
+    for (scheme, scale, variant), points in seeds.items():
         stable, failed = bracket_of({lr: point_status(v.values()) for lr, v in points.items()})
         ratio = failed / stable if stable and failed else None
         converged = ratio is not None and within(stable, failed, configs.spec.search.boundary_tolerance)
-        rows.append({"scheme": scheme, "init_scale": scale, "stable_lr": stable, "diverged_lr": failed,
-                     "ratio": ratio, "converged": converged, "points": len(points),
+        rows.append({"scheme": scheme, "init_scale": scale, "variant": variant, "stable_lr": stable,
+                     "diverged_lr": failed, "ratio": ratio, "converged": converged, "points": len(points),
                      "trials": sum(len(v) for v in points.values())})
     return rows
 
@@ -130,11 +130,14 @@ def _best_text(s: SchemeSummary) -> str:
 
 
 def _boundary_table(rows: Sequence[dict[str, Any]]) -> str:
-    out = ["boundary    init    largest stable lr  smallest diverged lr  ratio  within tolerance  rates  trials"]
-    for b in rows:
+    names = [b["scheme"] if b.get("variant") is None else f"{b['scheme']}@{b['variant']}" for b in rows]
+    width = max([10, *map(len, names)])  # scheme@variant names may be longer than a scheme's
+    out = [f"{'boundary':{width}s}  init    largest stable lr  smallest diverged lr  ratio  within tolerance  "
+           "rates  trials"]
+    for name, b in zip(names, rows, strict=True):
         ratio = "-" if b["ratio"] is None else f"{b['ratio']:.2f}"
         init = "-" if b["init_scale"] is None else f"{b['init_scale']:g}"
-        out.append(f"{b['scheme']:10s}  {init:6s}  {_lr_text(b['stable_lr']):17s}  {_lr_text(b['diverged_lr']):20s}  "
+        out.append(f"{name:{width}s}  {init:6s}  {_lr_text(b['stable_lr']):17s}  {_lr_text(b['diverged_lr']):20s}  "
                    f"{ratio:5s}  {'yes' if b['converged'] else 'no':16s}  {b['points']:5d}  {b['trials']:6d}")
     return "\n".join(out)
 

@@ -32,6 +32,7 @@ from study.optuna_search import TrialConfigSearch
 from study.preflight import preflight
 from study.progress import TrialProgress
 from study.results import StudyResult, TrialResult, boundary_rows
+from study.scale_params import scale_params, scale_variants
 from study.scheme_profile import record_scheme_profile
 from study.spec import SpecError, StudySpec
 from study.torch_trainer import uses_torch_trainer
@@ -160,7 +161,7 @@ def _run_experiments(spec: StudySpec, stop: StopOnSignal, configs: TrialConfigs,
     progress = TrialProgress(total=budget, out=out)
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), _trial_resources(spec))
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0 (we print lines)
-    for name, scheme in _experiments(spec):
+    for name, scheme, variant in _experiments(spec):
         progress.scheme = scheme or ""
         path = root / name
         with stop.tune():
@@ -168,7 +169,7 @@ def _run_experiments(spec: StudySpec, stop: StopOnSignal, configs: TrialConfigs,
                 tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
                                            resume_errored=True)
             else:
-                tuner = _new_tuner(spec, configs, name, scheme, trainable, progress, str(root))
+                tuner = _new_tuner(spec, configs, name, scheme, trainable, progress, str(root), variant)
             grid = tuner.fit()
         for r in grid:
             trial = trial_of(r.config)
@@ -206,7 +207,7 @@ def _open_runs(tracker: StudyTracker, spec: StudySpec, configs: TrialConfigs,
     profile; the context every trial shares. Each run is noted in ``opened`` as soon as it exists."""
     study = spec.tracking.study_name
     params = spec_mod.flatten(spec)
-    study_run = opened.study_run = tracker.study_run(study, {**params, **provenance.collect()})
+    study_run = opened.study_run = tracker.study_run(study, {**params, **provenance.collect(), **scale_params(spec)})
     tracker.log_text(study_run, spec_mod.dump(spec), "spec.yaml")
     parent_runs = {}
     for entry in spec.schemes:
@@ -227,13 +228,14 @@ def _trial_resources(spec: StudySpec) -> dict[str, float]:
     return {"CPU": spec.scaling.cpus_per_worker}
 
 
-def _experiments(spec: StudySpec) -> list[tuple[str, str | None]]:
-    """(experiment name, its scheme or None for all): grid and boundary run every scheme in one experiment
-    (trial actors are reused across schemes; a new experiment per scheme pays the actor start-up — ~20 s
-    on 2 cores — once per scheme); Optuna runs one experiment, with its own searcher, per scheme."""
+def _experiments(spec: StudySpec) -> list[tuple[str, str | None, str | None]]:
+    """(experiment name, its scheme or None for all, its variant): grid and boundary run every scheme (and
+    every model variant) in one experiment (trial actors are reused across schemes; a new experiment per
+    scheme pays the actor start-up — ~20 s on 2 cores — once per scheme); Optuna runs one experiment, with
+    its own searcher, per scheme and variant (``<scheme>@<variant>``)."""
     if spec.search.mode in ("grid", "boundary"):
-        return [(spec.search.mode, None)]
-    return [(e.name, e.name) for e in spec.schemes]
+        return [(spec.search.mode, None, None)]
+    return [(e.name if v is None else f"{e.name}@{v}", e.name, v) for v in scale_variants(spec) for e in spec.schemes]
 
 
 def _trial_id(r: Any) -> str:
@@ -259,15 +261,16 @@ def planned_trials(spec: StudySpec, scheme: str) -> int:
     """The trial budget of one scheme: the same for every scheme (grid: the shared lr × seed grid; boundary:
     unknown up front, bounded by search.boundary_max_points)."""
     rows = len(spec.search.grid_init_scale) if norms.get(scheme).has_init_scale else 1
+    rows *= len(scale_variants(spec))  # every model variant runs the same search
     if spec.search.mode == "grid":
         return len(spec.search.grid_lr) * len(spec.search.seeds) * rows
     if spec.search.mode == "boundary":
         return spec.search.boundary_max_points * len(spec.search.seeds) * rows
-    return spec.search.num_samples
+    return spec.search.num_samples * len(scale_variants(spec))
 
 
 def _new_tuner(spec: StudySpec, configs: TrialConfigs, name: str, scheme: str | None, trainable, progress,
-               root: str) -> tune.Tuner:
+               root: str, variant: str | None = None) -> tune.Tuner:
     s = spec.search
     metric, mode = "objective", s.mode_direction
     space: dict[str, Any] = {}
@@ -279,7 +282,8 @@ def _new_tuner(spec: StudySpec, configs: TrialConfigs, name: str, scheme: str | 
         # Tune stops asking after num_samples: the cap, which the searcher never exceeds (it says FINISHED).
         num_samples = search_alg.upper_bound_trials()
     else:
-        search_alg, num_samples = TrialConfigSearch.optuna(configs, scheme, metric=metric, mode=mode), s.num_samples
+        search_alg = TrialConfigSearch.optuna(configs, scheme, metric=metric, mode=mode, variant=variant)
+        num_samples = s.num_samples
     scheduler = None
     if s.scheduler == "asha":
         scheduler = ASHAScheduler(metric=metric, mode=mode, grace_period=s.asha_grace_period, max_t=10**6)

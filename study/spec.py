@@ -1,7 +1,7 @@
 """The study specification: every knob of a normstudy run, typed and validated in one place.
 
-A spec is YAML with eight top-level sections (``model``, ``schemes``, ``data``, ``training``,
-``search``, ``scaling``, ``tracking``, ``divergence``). Defaults follow Gitman & Ginsburg (2017,
+A spec is YAML with nine top-level sections (``model``, ``schemes``, ``data``, ``training``,
+``search``, ``scaling``, ``tracking``, ``divergence``, ``scale``). Defaults follow Gitman & Ginsburg (2017,
 arXiv 1709.08145), who trained ResNet-50 on ImageNet with the standard He et al. (2016) recipe, where
 that setup applies; each default names its source. Unknown keys and bad values raise
 :class:`SpecError` with one line that names the field path and the fix. ``flatten`` turns a spec into
@@ -24,6 +24,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from study.scale_spec import ScaleSpec, variant_models
 from trainers.config import (
     SEED_LIMIT,
     DataSpec,
@@ -169,6 +170,7 @@ class StudySpec(Section):
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     divergence: DivergenceSpec = Field(default_factory=DivergenceSpec)
+    scale: ScaleSpec = Field(default_factory=ScaleSpec)  # model variants (study/scale_spec.py)
 
     @field_validator("schemes", mode="before")
     @classmethod
@@ -201,6 +203,11 @@ class StudySpec(Section):
         if self.training.max_steps == 0:  # the loop's "set up and stop", which no study means
             raise ValueError("training.max_steps: 0 steps train nothing, so no trial would have a result; give "
                              "a number of steps > 0, or remove it to train training.epochs")
+        return self
+
+    @model_validator(mode="after")
+    def _scale_models(self) -> StudySpec:
+        variant_models(self.model, self.scale)  # each variant builds a valid, distinct model
         return self
 
     def scheme(self, name: str) -> SchemeEntry:

@@ -126,7 +126,7 @@ def _trial_run(tracker: StudyTracker, context: StudyContext, trial: TrialConfig,
             return found.info.run_id
     # lr and init scale beside seed and diverged: the tags MLflow's compare view lists in one short table
     tags = {"seed": trial.seed, "diverged": "0", NOTE: "running",
-            **{k: trial.hp[k] for k in ("lr", "init_scale") if k in trial.hp}}
+            **{k: trial.hp[k] for k in ("lr", "init_scale", "variant") if k in trial.hp}}
     if trial.optuna_trial_number is not None:
         tags["optuna_trial_number"] = trial.optuna_trial_number
     return tracker.trial_run(study, scheme, trial_id, context.parent_runs[scheme], trial_params(context, trial), tags)

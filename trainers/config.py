@@ -47,7 +47,7 @@ def distinct(values: list[Any]) -> list[Any]:
 
 class ModelSpec(Section):
     # Gitman & Ginsburg 2017 §3: ResNet-50 (torchvision's architecture, He et al. 2016).
-    arch: Literal["resnet50", "resnet18", "resnet_cifar"] = "resnet50"
+    arch: Literal["resnet50", "resnet34", "resnet18", "resnet_cifar"] = "resnet50"
     # resnet_cifar only: channels of the first stage and residual blocks per stage (He et al. 2016 §4.2).
     cifar_width: int = Field(16, gt=0)
     cifar_blocks: list[int] = Field(default_factory=lambda: [1, 1, 1], min_length=1)

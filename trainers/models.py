@@ -1,6 +1,6 @@
 """Model registry: architecture name -> ResNet built with a normalization scheme.
 
-``resnet50`` and ``resnet18`` are torchvision's architectures (He et al. 2016); ``resnet_cifar`` is the
+``resnet50``, ``resnet34`` and ``resnet18`` are torchvision's architectures (He et al. 2016); ``resnet_cifar`` is the
 small CIFAR-style ResNet (He et al. 2016 §4.2: 3×3 stem, stages of width w, 2w, 4w) for CPU runs.
 """
 
@@ -17,6 +17,7 @@ from trainers.resnet import ResNet
 
 ARCHS: dict[str, Callable[..., dict[str, Any]]] = {
     "resnet50": lambda **_: dict(block="bottleneck", layers=(3, 4, 6, 3), widths=(64, 128, 256, 512)),
+    "resnet34": lambda **_: dict(block="basic", layers=(3, 4, 6, 3), widths=(64, 128, 256, 512)),
     "resnet18": lambda **_: dict(block="basic", layers=(2, 2, 2, 2), widths=(64, 128, 256, 512)),
     "resnet_cifar": lambda width=16, blocks=(1, 1, 1), **_: dict(
         block="basic", layers=tuple(blocks), widths=tuple(width * 2**i for i in range(len(blocks))), stem="cifar"

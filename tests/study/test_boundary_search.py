@@ -56,7 +56,7 @@ def _run(searcher: BoundarySearch, boundaries: dict) -> None:
 def test_spec_gives_one_bracket_per_scheme_and_init_scale_and_grid_shaped_configs():
     spec = spec_mod.load(None, ["schemes=[bn, wn]", "search.mode=boundary", "search.grid_init_scale=[1.0, 3.0]",
                                 "search.seeds=[0, 1]"])
-    assert TrialConfigs(spec).bracket_keys() == [("bn", None), ("wn", 1.0), ("wn", 3.0)]
+    assert TrialConfigs(spec).bracket_keys() == [("bn", None, None), ("wn", 1.0, None), ("wn", 3.0, None)]
     s = BoundarySearch.from_configs(TrialConfigs(spec))
     assert s.upper_bound_trials() == 3 * spec.search.boundary_max_points * 2
     configs = [s.suggest(f"t{i}") for i in range(3)]

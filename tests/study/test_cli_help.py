@@ -62,6 +62,8 @@ def test_the_cli_prints_the_runs_table_link_and_what_serves_it():
 
 def test_a_trial_run_is_named_by_what_it_is():
     assert trial_run_name("wn", {"lr": 0.1, "init_scale": 1.0, "seed": 0}) == "wn lr=0.1 init=1 seed=0"
+    # a scale study's variants are told apart by name too
+    assert trial_run_name("wn", {"lr": 0.1, "seed": 0, "variant": "d14"}) == "wn@d14 lr=0.1 seed=0"
     assert trial_run_name("bn", {"lr": "0.0316227766", "seed": "2"}) == "bn lr=0.0316228 seed=2"  # tags are str
     assert trial_run_name("bn", {"lr": 3.1622776601683795e-05, "init_scale": None, "seed": 1}) == \
         "bn lr=3.16228e-05 seed=1"

@@ -63,3 +63,16 @@ def test_a_collapse_bounds_the_boundary_like_a_divergence():
     trials = [_trial(0.1, 0, "stable"), _trial(1.0, 0, "collapsed"), _trial(10.0, 0, "diverged")]
     row = boundary_rows(CONFIGS, trials)[0]
     assert (row["stable_lr"], row["diverged_lr"]) == (0.1, 1.0)  # the collapse at 1.0 is the first failure
+
+
+def test_boundary_table_columns_line_up_for_long_scheme_at_variant_names():
+    from study.results import _boundary_table
+
+    row = {"init_scale": None, "stable_lr": 0.1, "diverged_lr": 0.178, "ratio": 1.78, "converged": True,
+           "points": 4, "trials": 8}
+    text = _boundary_table([{**row, "scheme": "bn", "variant": None},
+                            {**row, "scheme": "wn_trelu", "variant": "d32"}])
+    lines = text.splitlines()
+    assert lines[2].startswith("wn_trelu@d32  ")
+    # every column starts where the header's does
+    assert len({ln.index("0.1") for ln in lines[1:]}) == 1 and lines[0].index("largest") == lines[1].index("0.1")
