@@ -12,7 +12,12 @@ variant; its trials carry ``hp.variant`` and its study run ``scale.<variant>.dep
   so a sensitivity measures the rates its search visited, and two schemes' values are not a comparison
   over the same rates;
 - the best configuration (:func:`analysis.summarize.best_config`), its test top-1 over seeds and its gap
-  to BN's at the same variant (Welch's interval, :func:`analysis.intervals.welch`).
+  to BN's at the same variant (Welch's interval, :func:`analysis.intervals.welch`);
+- whether any rate *trained*: a (scheme, variant) whose best configuration ends at chance (mean final train
+  top-1 ≤ the collapse rule's ``collapse_chance_multiple`` × chance, trainers/collapse.py) has a bracket
+  that only says where failing starts, not where training stops: its "stable" end learned nothing either
+  (a slow learner at a tiny rate is neither collapsed nor stalled). Such a depth is shown, marked, and left
+  out of the fit, never fitted as if it were a stability boundary.
 
 Per scheme, the power law lr* = a·depth^b (:mod:`analysis.power_law`) with its bootstrap interval on b,
 and its extrapolation to ResNet-50's depth (:data:`TARGET_DEPTH`) as a prediction interval. The claim
@@ -39,6 +44,7 @@ from analysis.intervals import LEVEL, Interval
 from analysis.power_law import PowerLaw
 from analysis.sensitivity import Sensitivity, loss_points, sensitivity
 from analysis.summarize import ConfigGroup, best_config, group_configs
+from trainers.collapse import COLLAPSE_CHANCE_MULTIPLE
 
 TARGET_DEPTH = 50  # ResNet-50, the paper's model
 CLAIM = "the WN family's largest stable learning rate falls faster with depth than BN's"
@@ -59,6 +65,7 @@ class VariantRow:
     sensitivity: Sensitivity | None
     best: ConfigGroup | None
     test_minus_bn: Interval | None = None
+    trained: bool = True  # some rate learned more than chance (module docstring)
 
 
 @dataclass
@@ -100,6 +107,17 @@ def _common_rates_sensitivity(trials: Sequence[TrialData], classes: int | None) 
     return sens if sens.mean is not None else None
 
 
+def _at_chance(best: ConfigGroup | None, params: Mapping[str, str], classes: int | None) -> bool:
+    """The best configuration ends at chance: the collapse rule's "at chance" bar, from the study's own spec."""
+    if best is None or best.train_top1.mean is None or not classes:
+        return best is None
+    try:
+        multiple = float(params.get("divergence.collapse_chance_multiple", COLLAPSE_CHANCE_MULTIPLE))
+    except ValueError:
+        multiple = COLLAPSE_CHANCE_MULTIPLE
+    return best.train_top1.mean <= multiple / classes
+
+
 def _row(scheme: str, variant: str, trials: Sequence[TrialData], params: Mapping[str, str],
          classes: int | None) -> VariantRow:
     best = best_config(group_configs(trials))
@@ -107,7 +125,16 @@ def _row(scheme: str, variant: str, trials: Sequence[TrialData], params: Mapping
     scale = best.config.get("init_scale") if best is not None and len(scales) > 1 else (scales[0] if scales else None)
     s, d = power_law.bracket(_outcomes(trials, scale))
     return VariantRow(scheme, variant, _param(params, variant, "depth"), _param(params, variant, "params"), s, d,
-                      scale, len(trials), _common_rates_sensitivity(trials, classes), best)
+                      scale, len(trials), _common_rates_sensitivity(trials, classes), best,
+                      trained=not _at_chance(best, params, classes))
+
+
+def _untrained_text(rows: Sequence[VariantRow]) -> str:
+    untrained = [f"{r.scheme} at depth {r.depth}" for r in rows if not r.trained]
+    if not untrained:
+        return ""
+    return (" Left out of the fits, no rate trained (best configuration at chance): " + ", ".join(untrained)
+            + ".")
 
 
 def _family_verdict(laws: Mapping[str, PowerLaw]) -> tuple[str, str, dict[str, Any]]:
@@ -165,11 +192,14 @@ def evaluate(study: StudyData, claim_id: int) -> ScaleResult | None:
     for scheme in sorted({r.scheme for r in rows}, key=scheme_order):
         depth_outcomes = {}
         for r in rows:
-            if r.scheme == scheme and r.depth is not None:
+            if r.scheme == scheme and r.depth is not None and r.trained:
                 depth_outcomes[r.depth] = _outcomes(by[scheme, r.variant], r.init_scale)
         # each scheme its own bootstrap stream: two schemes' replicates are independent
         laws[scheme] = power_law.fit(depth_outcomes, seed=zlib.crc32(scheme.encode()))
     verdict, reason, evidence = _family_verdict(laws)
+    reason += _untrained_text(rows)
+    evidence["untrained"] = [{"scheme": r.scheme, "variant": r.variant, "depth": r.depth}
+                             for r in rows if not r.trained]
     extrapolation = {n: law.prediction_interval(TARGET_DEPTH) for n, law in laws.items()}
     evidence["extrapolation_depth"] = TARGET_DEPTH
     evidence["paper"] = PAPER["stability"]

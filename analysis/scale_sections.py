@@ -53,7 +53,7 @@ def scale_data(result: ScaleResult | None, out: Path) -> dict[str, Any]:
         "best": None if r.best is None else {"config": r.best.config, "n": r.best.n,
                                              "test_top1": vars(r.best.test_top1),
                                              "train_top1": vars(r.best.train_top1)},
-        "test_minus_bn_ci": iv_dict(r.test_minus_bn),
+        "test_minus_bn_ci": iv_dict(r.test_minus_bn), "trained": r.trained,
     } for r in result.rows]
     laws = {n: {"a": law.a, "b": law.b, "b_ci": iv_dict(law.b_interval), "depths": law.depths,
                 "open_depths": law.open_depths, "replicates": len(law.replicates),
@@ -73,7 +73,8 @@ def _bracket(r: dict) -> str:
     s, d = r["stable_lr"], r["diverged_lr"]
     if s is None and d is None:
         return "—"
-    return f"{_lr(s)} → {_lr(d)}" + (f" (×{d / s:.2g})" if s and d else " (open)")
+    text = f"{_lr(s)} → {_lr(d)}" + (f" (×{d / s:.2g})" if s and d else " (open)")
+    return text if r.get("trained", True) else text + " — no rate trained (at chance; not fitted)"
 
 
 def _sens(r: dict) -> str:

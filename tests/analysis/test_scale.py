@@ -63,3 +63,19 @@ def test_the_claim_is_not_confirmed_when_bn_falls_faster_and_not_measured_withou
     study = _study(_scheme("bn", lambda d: 16.0 / d, test=0.80), _scheme("wn", lambda d: 1.0, test=0.70))
     study.params["scale.d14.depth"] = "8"  # two variants at one depth (a width sweep): no fit against depth
     assert evaluate(study, claim_id=4).claim.verdict == "not measured"
+
+
+def test_a_depth_where_no_rate_trained_is_marked_and_left_out_of_the_fit():
+    """At depth 32 WN's 'stable' rates end at chance (slow learners, neither collapsed nor stalled): its bracket
+    there only says where failing starts, so the fit uses the other depths alone."""
+    bn = _scheme("bn", lambda d: 2.0, test=0.80)
+    wn = _scheme("wn", lambda d: 8.0 / d if d < 32 else 0.02, test=0.70)
+    for t in wn.trials:
+        if t.hp["variant"] == "d32":
+            t.metrics["final_train_top1"] = 0.11  # ≤ 1.5 × chance (10 classes)
+    result = evaluate(_study(bn, wn), claim_id=4)
+    rows = {(r.scheme, r.variant): r for r in result.rows}
+    assert not rows["wn", "d32"].trained and rows["wn", "d20"].trained and rows["bn", "d32"].trained
+    assert result.laws["wn"].depths == [8, 14, 20]  # d32's bracket (0.02) would have steepened b
+    assert -1.3 < result.laws["wn"].b < -0.7
+    assert "wn at depth 32" in result.claim.reason and result.claim.evidence["untrained"][0]["depth"] == 32
