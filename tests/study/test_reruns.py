@@ -4,6 +4,7 @@ through Ray, MLflow and the report's regularization claim."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -12,7 +13,8 @@ from study import cli
 from study import spec as spec_mod
 from study.reruns import REGULARIZATION, TUNED, UNTUNED, plan, untuned_config
 from study.results import TrialResult
-from study.runner import resolve_paths
+from study.runner import planned_trials, resolve_paths
+from study.spec import PAPER_SCHEMES
 from study.tracking import PHASE, RERUN, ROLE, STUDY
 from study.trial_configs import TrialConfigs
 
@@ -55,6 +57,23 @@ def test_untuned_keeps_what_the_scheme_space_lacks():
     configs = _configs()
     assert untuned_config({"lr": 0.5}, configs, "bn") == {"lr": 0.5, "weight_decay": 1e-4, "dropout": 0.0,
                                                             "label_smoothing": 0.0}
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name, trials", [("regularization", 16 * 4 + 24), ("imagenette_regularization", 72)])
+def test_the_regularization_presets_give_every_scheme_the_same_budget_and_three_new_seeds(name, trials):
+    spec = resolve_paths(spec_mod.load(ROOT / "specs" / f"{name}.yaml"), base=ROOT)
+    s = spec.search
+    assert [e.name for e in spec.schemes] == list(PAPER_SCHEMES) and s.mode == "optuna"
+    assert len(s.rerun_seeds) >= 3 and not set(s.rerun_seeds) & set(s.seeds)  # the winner's seed not re-measured
+    budgets = {planned_trials(spec, e.name) for e in spec.schemes}
+    assert len(budgets) == 1 and budgets.pop() * 4 + 4 * 2 * len(s.rerun_seeds) == trials  # (gpu_check_report)
+    configs = TrialConfigs(spec)
+    assert set(configs.space("wn")) == {"lr", "init_scale", *REGULARIZATION}  # the knobs the claim is about
+    assert set(configs.space("bn")) == {"lr", *REGULARIZATION}
+    assert untuned_config({}, configs, "wn") == {"weight_decay": 1e-4, "dropout": 0.0, "label_smoothing": 0.0}
 
 
 def test_rerun_seeds_need_an_optuna_search_and_distinct_seeds():
