@@ -173,7 +173,8 @@ def _run_experiments(spec: StudySpec, stop: StopOnSignal, configs: TrialConfigs,
         _collect(grid, stop, result.trials)
     planned = reruns.plan(configs, result.trials) if spec.search.rerun_seeds else []
     if planned:  # each scheme's best configuration on the re-run seeds (study/reruns.py)
-        callbacks = [TrialProgress(total=len(planned), out=out), TuneStop()]
+        progress.total, progress.scheme = progress.total + len(planned), ""  # the count goes on: [65/88]
+        callbacks = [progress, TuneStop()]
         with stop.tune():
             grid = reruns.tuner(planned, trainable, root, resume=resume, max_concurrent=max_concurrent(spec),
                                 max_failures=spec.scaling.max_failures, callbacks=callbacks).fit()
