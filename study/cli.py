@@ -128,7 +128,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             return _interrupted(args, spec, stopped)
         print()
         print(summary_table(result))
-        print(f"\n{len(result.trials)} trials in {result.seconds:.0f} s.")
+        reruns = f" and {len(result.reruns)} seed re-runs" if result.reruns else ""  # study/reruns.py
+        print(f"\n{len(result.trials)} trials{reruns} in {result.seconds:.0f} s.")
         print(f"MLflow: {result.tracking_uri} (experiment '{result.experiment}'); "
               f"browse with: mlflow ui --backend-store-uri {result.tracking_uri}")
         print(f"Ray Tune results: {result.storage_path}")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from study import cli
+from study import cli, runner
 from study import spec as spec_mod
 from study.reruns import REGULARIZATION, TUNED, UNTUNED, plan, untuned_config
 from study.results import TrialResult
@@ -86,8 +86,10 @@ def test_rerun_seeds_need_an_optuna_search_and_distinct_seeds():
 
 
 @pytest.mark.integration
-def test_tiny_optuna_study_with_reruns_reads_back_the_regularization_claim(tmp_path, ray_cluster, monkeypatch):
+def test_tiny_optuna_study_with_reruns_reads_back_the_regularization_claim(tmp_path, ray_cluster, monkeypatch,
+                                                                         capsys):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(runner, "_profile_scheme", lambda *a, **k: None)  # claim 3's profile: not under test here
     uri = f"sqlite:///{tmp_path}/mlruns.db"
     sets = TINY + ["search.num_samples=4", "search.rerun_seeds=[1, 2]", "search.space_dir=spaces",
                    f"tracking.tracking_uri={uri}", "tracking.study_name=reg", f"tracking.report_dir={tmp_path}/rep"]
@@ -98,6 +100,8 @@ def test_tiny_optuna_study_with_reruns_reads_back_the_regularization_claim(tmp_p
         "dropout: {min: 0.0, max: 0.5, default: 0.0, target: training.dropout}\n")
     (tmp_path / "spaces" / "wn.yaml").write_text((tmp_path / "spaces" / "bn.yaml").read_text())
     assert cli.main(["run", *(a for s in sets for a in ("--set", s))]) == 0
+    out = capsys.readouterr().out
+    assert "8 trials and 8 seed re-runs in" in out and "[ 16/16]" in out  # the re-runs count on: one study
 
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("normstudy")
