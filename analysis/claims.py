@@ -19,7 +19,7 @@ Nothing here assumes BN wins: a study where BN is worse gets "not confirmed" and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -287,5 +287,7 @@ def claim_cost(summaries: Mapping[str, SchemeSummary]) -> Claim:
     return Claim(3, text, intervals.combine(verdicts), reason, evidence)
 
 
-def evaluate_claims(summaries: Mapping[str, SchemeSummary]) -> list[Claim]:
-    return [claim_generalization(summaries), claim_stability(summaries), claim_cost(summaries)]
+def evaluate_claims(summaries: Mapping[str, SchemeSummary], extra: Sequence[Claim] = ()) -> list[Claim]:
+    """Claims 1–3, then ``extra``: claims judged on more than the summaries (claim 4, the regularization
+    claim: analysis/regularization.py, on the seed re-runs)."""
+    return [claim_generalization(summaries), claim_stability(summaries), claim_cost(summaries), *extra]

@@ -29,6 +29,7 @@ ACT_STD_PREFIX = "act_std/"  # per-stage activation std, read for every trial (e
 PROFILE_TAGS = {k: f"normstudy.profile_{k}" for k in ("device", "dtype", "batch", "where")}
 PROFILE_ERROR_TAG = "normstudy.profile_error"  # the profile failed: claim 3 is not measured for that scheme
 NOTE_TAG = "mlflow.note.content"
+RERUN_TAG = "normstudy.rerun"  # tuned|untuned on a seed re-run's trial run (study/reruns.py)
 _PAGE = 1000
 
 
@@ -69,6 +70,7 @@ class TrialData:
     # Stalled: finite to the end but did not fit (trainers/stall.py); never also diverged or collapsed.
     stalled: bool = False
     error: str | None = None  # errored (the run FAILED): the error's last line, as its note says it
+    rerun: str | None = None  # "tuned" | "untuned": a seed re-run (study/reruns.py), not a search trial
 
     @property
     def lr(self) -> float | None:
@@ -116,6 +118,7 @@ class SchemeData:
     metrics: dict[str, float]  # norm_share, conv_share, profile_step_time_s where measured
     trials: list[TrialData]
     tags: dict[str, str] = field(default_factory=dict)  # the scheme run's tags (PROFILE_TAGS among them)
+    reruns: list[TrialData] = field(default_factory=list)  # seed re-runs (RERUN_TAG), kept out of ``trials``
 
 
 @dataclass
@@ -290,6 +293,7 @@ def trial_from_run(run, scheme: str) -> TrialData:
         collapse_layer=tags.get("collapse_layer") if collapsed else None,
         stalled=outcome == STALLED,
         error=error_of(tags) if outcome == ERRORED else None,
+        rerun=tags.get(RERUN_TAG),
     )
 
 
@@ -347,6 +351,9 @@ def read_study(
             if parent is None:
                 continue  # a trial of another study run with the same name
             trial = trial_from_run(run, parent.name)
+            if trial.rerun is not None:  # the regularization claim's (analysis/regularization.py), no search trial
+                parent.reruns.append(trial)
+                continue
             read_curves(client, trial, curves)
             read_curves(client, trial, [ACT_STD_PREFIX + st for st in trial.stages])
             parent.trials.append(trial)

@@ -18,6 +18,7 @@ from analysis.early_warning import EarlyWarning
 from analysis.failure_sections import early_warning_section
 from analysis.intervals import Interval
 from analysis.outcome_sections import failures_section, sensitivity_section, stability_section
+from analysis.regularization_sections import regularization_section
 from analysis.render import Section
 from analysis.sections import (
     claims_section,
@@ -163,6 +164,7 @@ def build_sections(d: dict, out: Path) -> list[Section]:
         stability_section(d, out),
         sensitivity_section(d, out),
         *scale_sections(d, out),
+        regularization_section(d, out),
         schemes_section(d, out),
         paper_section(d),
         failures_section(d, out),

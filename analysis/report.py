@@ -24,7 +24,9 @@ from typing import Any
 from analysis import claims as claims_mod
 from analysis import collect, cost_plots, curve_plots, document, early_warning, paper, plots, render, scale_sections
 from analysis.collect import DEFAULT_EXPERIMENT, ReportError
+from analysis.importance import plot_importances
 from analysis.publish import DeferredPublisher, Publisher, PublisherFactory, PublishError, file_stem, publish_report
+from analysis.regularization import evaluate as evaluate_regularization
 from analysis.summarize import SchemeSummary, summarize_scheme
 
 __all__ = ["ReportError", "add_arguments", "main", "render_report", "summarize_all", "write_report"]
@@ -72,7 +74,8 @@ def render_report(study: collect.StudyData, summaries: dict[str, SchemeSummary],
 
     Returns the path of report.html."""
     trials = {(t.scheme, t.trial_id): t for s in study.schemes for t in s.trials}
-    claims = claims_mod.evaluate_claims(summaries)
+    reg = evaluate_regularization(study, summaries)  # claim 4, on the seed re-runs
+    claims = claims_mod.evaluate_claims(summaries, extra=[reg.claim])
     comparison = paper.paper_comparison(claims, summaries, study.params)
     scale = scale_sections.add_to_report(study, claims, comparison)  # a scale study's claim and paper row
     ew = early_warning.evaluate(t for s in study.schemes for t in s.trials)
@@ -80,9 +83,11 @@ def render_report(study: collect.StudyData, summaries: dict[str, SchemeSummary],
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     drawn = _draw(summaries, trials, out)
+    found = {n: s.importances for n, s in reg.schemes.items() if s.importances}
+    drawn["importance"] = getattr(plot_importances(found, out / "importance.png"), "name", None)
     setup = paper.our_setup(study.params)
     data = _clean(document.build_data(study, summaries, claims, comparison, setup, ew, drawn)
-                  | scale_sections.scale_data(scale, out))
+                  | scale_sections.scale_data(scale, out) | {"regularization": reg.as_dict()})
     (out / "report.json").write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     sections = document.build_sections(data, out)
     title = f"normstudy stability report — {study.name}"

@@ -131,7 +131,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             return _interrupted(args, spec, stopped)
         print()
         print(summary_table(result))
-        print(f"\n{len(result.trials)} trials in {result.seconds:.0f} s.")
+        reruns = f" and {len(result.reruns)} seed re-runs" if result.reruns else ""  # study/reruns.py
+        print(f"\n{len(result.trials)} trials{reruns} in {result.seconds:.0f} s.")
         tracker = StudyTracker(result.tracking_uri, result.experiment)
         print("\n".join(browse_lines(result.tracking_uri, result.experiment, tracker.experiment_id)))
         print(f"Ray Tune results: {result.storage_path}")

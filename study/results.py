@@ -57,6 +57,7 @@ class StudyResult:
     trials: list[TrialResult] = field(default_factory=list)
     seconds: float = 0.0
     boundary: list[dict[str, Any]] = field(default_factory=list)  # boundary mode: one row per bracket
+    reruns: list[TrialResult] = field(default_factory=list)  # search.rerun_seeds: study/reruns.py's trials
 
 
 def trial_data(r: TrialResult) -> TrialData:

@@ -24,7 +24,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
-from study import provenance
+from study import provenance, reruns
 from study import spec as spec_mod
 from study.boundary_search import BoundarySearch
 from study.interrupts import Interrupted, StopOnSignal, TuneStop
@@ -171,14 +171,27 @@ def _run_experiments(spec: StudySpec, stop: StopOnSignal, configs: TrialConfigs,
             else:
                 tuner = _new_tuner(spec, configs, name, scheme, trainable, progress, str(root), variant)
             grid = tuner.fit()
-        for r in grid:
-            trial = trial_of(r.config)
-            if trial is None:
-                continue
-            done = TrialResult(trial, _trial_id(r), dict(r.metrics or {}), None if r.error is None else repr(r.error))
-            if done.outcome != UNFINISHED or stop.signum is None:  # (a scheduler's early stop is kept)
-                result.trials.append(done)
-        stop.raise_if_stopped()
+        _collect(grid, stop, result.trials)
+    planned = reruns.plan(configs, result.trials) if spec.search.rerun_seeds else []
+    if planned:  # each scheme's best configuration on the re-run seeds (study/reruns.py)
+        progress.total, progress.scheme = progress.total + len(planned), ""  # the count goes on: [65/88]
+        callbacks = [progress, TuneStop()]
+        with stop.tune():
+            grid = reruns.tuner(planned, trainable, root, resume=resume, max_concurrent=max_concurrent(spec),
+                                max_failures=spec.scaling.max_failures, callbacks=callbacks).fit()
+        _collect(grid, stop, result.reruns)
+
+
+def _collect(grid: Any, stop: StopOnSignal, into: list[TrialResult]) -> None:
+    """An experiment's trials into ``into``, except those a signal stopped; then stop on a signal."""
+    for r in grid:
+        trial = trial_of(r.config)
+        if trial is None:
+            continue
+        done = TrialResult(trial, _trial_id(r), dict(r.metrics or {}), None if r.error is None else repr(r.error))
+        if done.outcome != UNFINISHED or stop.signum is None:  # (a scheduler's early stop is kept)
+            into.append(done)
+    stop.raise_if_stopped()
 
 
 class _Opened:

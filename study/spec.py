@@ -104,6 +104,9 @@ class SearchSpec(Section):
     boundary_lr: list[float] = Field(default_factory=lambda: [0.01, 1.0], min_length=2, max_length=2)
     boundary_tolerance: float = Field(2**0.5, gt=1)
     boundary_max_points: int = Field(12, ge=2)
+    # optuna: each scheme's best configuration re-run on these seeds, tuned and with its regularization at
+    # the search space's defaults (study/reruns.py; the report's regularization claim). Empty: no re-runs.
+    rerun_seeds: list[int] = Field(default_factory=list)
 
     @field_validator("grid_lr", "grid_init_scale", "boundary_lr")
     @classmethod
@@ -112,17 +115,24 @@ class SearchSpec(Section):
             raise ValueError(f"every value must be > 0, got {v}")
         return v
 
-    @field_validator("grid_lr", "grid_init_scale", "seeds")
+    @field_validator("grid_lr", "grid_init_scale", "seeds", "rerun_seeds")
     @classmethod
     def _distinct(cls, v: list[Any]) -> list[Any]:
         return distinct(v)
 
-    @field_validator("seeds")
+    @field_validator("seeds", "rerun_seeds")
     @classmethod
     def _seed_range(cls, v: list[int]) -> list[int]:
         if any(not 0 <= x < SEED_LIMIT for x in v):
             raise ValueError(f"seeds must be in [0, 2**32), got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _reruns_follow_optuna(self) -> SearchSpec:
+        if self.rerun_seeds and self.mode != "optuna":  # re-runs of the best configuration Optuna found
+            raise ValueError(f"rerun_seeds: re-runs follow an Optuna search, but search.mode is {self.mode}; set "
+                             "search.mode: optuna, or remove search.rerun_seeds")
+        return self
 
 
 class ScalingSpec(Section):

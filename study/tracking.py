@@ -22,6 +22,7 @@ from trainers.run_logger import with_retries
 
 ROLE, STUDY, SCHEME, TRIAL = "normstudy.role", "normstudy.study", "normstudy.scheme", "normstudy.trial_id"
 PARENT = "mlflow.parentRunId"
+PHASE, RERUN = "normstudy.phase", "normstudy.rerun"  # a seed re-run's tags (study/reruns.py): "rerun", tuned|untuned
 FAILURE_REASON = "normstudy.failure_reason"  # why a run ended KILLED or FAILED
 NOTE = "mlflow.note.content"  # a run's (or an experiment's) description in the MLflow UI
 

@@ -26,7 +26,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from study import provenance
 from study.spec import ScalingSpec, TrackingSpec, flatten_trial
 from study.torch_trainer import build_torch_trainer, uses_torch_trainer
-from study.tracking import NOTE, StudyTracker, last_line, scheme_progress_note, trial_note
+from study.tracking import NOTE, PHASE, RERUN, StudyTracker, last_line, scheme_progress_note, trial_note
 from study.trial_configs import trial_of
 from trainers.config import TrialConfig
 from trainers.loop import train_loop_per_worker
@@ -129,6 +129,8 @@ def _trial_run(tracker: StudyTracker, context: StudyContext, trial: TrialConfig,
             **{k: trial.hp[k] for k in ("lr", "init_scale", "variant") if k in trial.hp}}
     if trial.optuna_trial_number is not None:
         tags["optuna_trial_number"] = trial.optuna_trial_number
+    if trial.rerun is not None:  # a seed re-run (study/reruns.py): the report keeps it apart from the search
+        tags.update({PHASE: "rerun", RERUN: trial.rerun})
     return tracker.trial_run(study, scheme, trial_id, context.parent_runs[scheme], trial_params(context, trial), tags)
 
 

@@ -262,6 +262,9 @@ class TrialConfig(TrainerConfig):
 
     hp: dict[str, HpValue] = Field(default_factory=dict)
     optuna_trial_number: int | None = None
+    # A seed re-run of a scheme's best configuration (study/reruns.py): "tuned" or "untuned" (regularization
+    # at the search space's defaults); a tag, never a hyperparameter. None for the search's own trials.
+    rerun: Literal["tuned", "untuned"] | None = None
 
     @property
     def scheme_name(self) -> str:

@@ -21,6 +21,7 @@ SECTIONS = {
     "schemes": "Per-scheme results",
     "stability": "Stability maps",
     "sensitivity": "Learning-rate sensitivity",
+    "regularization": "Regularization: does tuning it close the gap to BN?",
     "failures": "Outcomes: failures of every kind, and errored trials",
     "early-warning": "Early warning",
     "curves": "Loss and gradient-norm curves",
@@ -86,9 +87,12 @@ def test_json_top_level_schema(demo_report):
         "early_warning",
         "lr_sensitivity",
         "plots",
+        "regularization",
     }
     assert list(data["schemes"]) == ["bn", "wn", "normprop", "wn_trelu"]
-    assert [c["id"] for c in data["claims"]] == [1, 2, 3]
+    assert [c["id"] for c in data["claims"]] == [1, 2, 3, 4]
+    assert data["claims"][3]["verdict"] == "not measured"  # a grid study has no seed re-runs (claim 4)
+    assert set(data["regularization"]["schemes"]) == set(data["schemes"])
     assert all(isinstance(c["verdict"], str) and c["verdict"] for c in data["claims"])
     wn = data["schemes"]["wn"]
     assert len(wn["stability_map"]["cells"]) == 15 and wn["stability_map"]["init_scales"] == [0.5, 1.0, 2.0]

@@ -144,7 +144,7 @@ def test_report_json_numbers(two_studies, tmp_path):
     assert bn["step_time_s"]["mean"] == pytest.approx(0.03)
 
     # two seeds a configuration: the means point the paper's way, but the 95% intervals hold 0
-    assert _verdicts(data) == {1: "inconclusive", 2: "inconclusive", 3: "not measured"}
+    assert _verdicts(data) == {1: "inconclusive", 2: "inconclusive", 3: "not measured", 4: "not measured"}
     ci = data["claims"][0]["evidence"]["wn"]["test_minus_bn_ci"]
     assert ci["level"] == 0.95 and ci["lo"] < ci["estimate"] < ci["hi"]
     assert "early_warning" in data  # its numbers: tests/analysis/test_early_warning.py
@@ -158,7 +158,7 @@ def test_claims_flip_with_the_data(two_studies, tmp_path):
     assert data["study"]["name"] == "wn_wins"
     assert data["schemes"]["bn"]["best"]["test_top1"]["mean"] == pytest.approx(0.66)
     # claim 3 has a spread over profiler repeats and a large effect: decided; claims 1–2 rest on 2 seeds
-    assert _verdicts(data) == {1: "inconclusive", 2: "inconclusive", 3: "confirmed"}
+    assert _verdicts(data) == {1: "inconclusive", 2: "inconclusive", 3: "confirmed", 4: "not measured"}
     assert "BN has the lower test top-1 here" in data["claims"][0]["reason"]
     assert data["schemes"]["bn"]["norm_share"] == 0.3
     # claim 3 says where the shares were profiled (the scheme runs' tags), in report.json and in words

@@ -117,3 +117,21 @@ def test_a_trial_config_is_validated_once_on_the_driver_and_never_after(monkeypa
     summary = train_loop_per_worker({TRIAL: trial_of(crossed), "session": "local"})
     assert summary["steps_done"] == 2.0
     assert counter.counts == {"scheme options": 1}  # the scheme object (trainers.norms) the loop builds
+
+
+def _proposals(optuna_seed: int, n: int = 12) -> list[dict]:
+    """The first ``n`` trials TPE proposes for wn (10 random, then TPE's own), each told a score."""
+    configs = TrialConfigs(spec_mod.load(None, LOCAL + ["search.mode=optuna", f"search.optuna_seed={optuna_seed}"]))
+    search = TrialConfigSearch.optuna(configs, "wn", metric="objective", mode="max")
+    out = []
+    for i in range(n):
+        trial = trial_of(search.suggest(f"t{i}"))
+        out.append(trial.hp)
+        search.on_trial_complete(f"t{i}", {"objective": -abs(trial.hp["lr"] - 0.3), "training_iteration": 1})
+    return out
+
+
+def test_a_seeded_optuna_search_proposes_the_same_trials_again():
+    first = _proposals(0)
+    assert first == _proposals(0) and len({t["lr"] for t in first}) == len(first)
+    assert first != _proposals(1)
