@@ -329,8 +329,15 @@ def _profile_scheme(tracker: StudyTracker, run_id: str, spec: StudySpec, scheme:
 def _delete_study(spec: StudySpec, root: Path) -> None:
     tracker = StudyTracker(spec.tracking.tracking_uri, spec.tracking.experiment)
     flt = f"tags.`{STUDY}` = '{spec.tracking.study_name}'"
-    for run in tracker.client.search_runs([tracker.experiment_id], flt, max_results=100000):
-        tracker.client.delete_run(run.info.run_id)
+    ids, token = [], None
+    while True:  # every page first (MLflow caps a page at 50,000), then delete: deleting shifts the pages
+        page = tracker.client.search_runs([tracker.experiment_id], flt, max_results=1000, page_token=token)
+        ids += [run.info.run_id for run in page]
+        token = page.token
+        if not token:
+            break
+    for run_id in ids:
+        tracker.client.delete_run(run_id)
     shutil.rmtree(root, ignore_errors=True)
 
 

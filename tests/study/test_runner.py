@@ -263,3 +263,25 @@ def test_boundary_driver_killed_then_resume_finishes_the_bracket_once_each(tmp_p
     resumed = [ln for ln in done.stdout.splitlines() if ln.startswith("[")]
     assert 0 < len(resumed) < len(trials)  # the restored searcher went on from its state, it did not start over
     assert "smallest diverged lr" in done.stdout
+
+
+def test_fresh_deletes_every_run_of_the_study_and_only_those(tmp_path, monkeypatch):
+    """`--fresh`'s delete (no Ray): the study's runs go, another study's stay, and the results folder goes."""
+    from study.runner import _delete_study
+    from study.tracking import StudyTracker
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    tracker = StudyTracker(uri, "normstudy")
+    for study in ("old", "other"):
+        parent = tracker.study_run(study, {})
+        scheme = tracker.scheme_run(study, "bn", parent, {})
+        for i in range(3):
+            tracker.trial_run(study, "bn", f"t{i}", scheme, {}, {"seed": i, "lr": 0.1})
+    root = tmp_path / "normstudy_results" / "old"
+    root.mkdir(parents=True)
+    spec = spec_mod.load(None, [f"tracking.tracking_uri={uri}", "tracking.study_name=old"])
+    _delete_study(spec, root)
+    alive = MlflowClient(uri).search_runs([tracker.experiment_id], "", max_results=100)
+    assert sorted({r.data.tags[STUDY] for r in alive}) == ["other"] and len(alive) == 5
+    assert not root.exists()
