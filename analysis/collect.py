@@ -185,7 +185,8 @@ def _quote(s: str) -> str:
     return "'" + s.replace("'", "\\'") + "'"
 
 
-def _search(client, experiment_ids: list[str], filter_string: str, order_by: list[str] | None = None) -> list:
+def search_all(client, experiment_ids: list[str], filter_string: str, order_by: list[str] | None = None) -> list:
+    """Every run the filter matches, page by page (MLflow caps a page; the list is whole before it returns)."""
     runs, token = [], None
     while True:
         page = client.search_runs(
@@ -220,7 +221,7 @@ def find_study_run(client, *, experiment: str | None, study_run_id: str | None, 
     flt = "tags.\"normstudy.role\" = 'study'"
     if study_name:
         flt += f' and tags."normstudy.study" = {_quote(study_name)}'
-    runs = _search(client, [exp.experiment_id], flt, order_by=["attributes.start_time DESC"])
+    runs = search_all(client, [exp.experiment_id], flt, order_by=["attributes.start_time DESC"])
     if not runs:
         which = f" named '{study_name}'" if study_name else ""
         raise ReportError(f"no study runs{which} in experiment '{name}'; run `normstudy run` first")
@@ -328,12 +329,12 @@ def read_study(
         )
         exp_ids = [study.info.experiment_id]
         name = study.data.tags.get("normstudy.study") or study.info.run_name
-        scheme_runs = _search(
+        scheme_runs = search_all(
             client,
             exp_ids,
             f"tags.\"normstudy.role\" = 'scheme' and tags.mlflow.parentRunId = '{study.info.run_id}'",
         )
-        trial_runs = _search(
+        trial_runs = search_all(
             client, exp_ids, f'tags."normstudy.role" = \'trial\' and tags."normstudy.study" = {_quote(name)}'
         )
         schemes: dict[str, SchemeData] = {}

@@ -40,6 +40,11 @@ class Interval:
         return f"{self.estimate * scale:+.1f}{unit} [{self.lo * scale:+.1f}, {self.hi * scale:+.1f}]"
 
 
+def iv_dict(iv: Interval | None) -> dict[str, float | str] | None:
+    """An interval as report.json writes it (None stays None)."""
+    return None if iv is None else iv.as_dict()
+
+
 def welch(mean1: float | None, sd1: float | None, n1: int, mean2: float | None, sd2: float | None,
           n2: int) -> Interval | None:
     """Interval for mean1 − mean2; None without two values and a std on each side."""

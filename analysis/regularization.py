@@ -35,7 +35,7 @@ from analysis import intervals
 from analysis.claims import NOT_MEASURED, WN_FAMILY, Claim, pts
 from analysis.collect import StudyData, TrialData
 from analysis.importance import METHOD, importances
-from analysis.intervals import CONFIRMED, Interval
+from analysis.intervals import CONFIRMED, Interval, iv_dict
 from analysis.summarize import ConfigGroup, SchemeSummary, Stat, best_config, group_configs
 from search_spaces import for_scheme
 
@@ -87,20 +87,16 @@ class Regularization:
                 "schemes": {n: _scheme_dict(s) for n, s in self.schemes.items()}}
 
 
-def _iv(iv: Interval | None) -> dict[str, Any] | None:
-    return None if iv is None else iv.as_dict()
-
-
 def _scheme_dict(s: SchemeRegularization) -> dict[str, Any]:
     def arm(a: Arm | None) -> dict[str, Any] | None:
         if a is None:
             return None
         return {"config": a.config, "seeds": a.seeds, "n_failed": a.n_failed, "test_top1": asdict(a.test_top1),
-                "test_top1_ci": _iv(a.test_ci), "train_top1": asdict(a.train_top1), "gap": asdict(a.gap)}
+                "test_top1_ci": iv_dict(a.test_ci), "train_top1": asdict(a.train_top1), "gap": asdict(a.gap)}
 
-    return {"tuned": arm(s.tuned), "untuned": arm(s.untuned), "gap_to_bn_before": _iv(s.gap_before),
-            "gap_to_bn_after": _iv(s.gap_after), "fraction_closed": _iv(s.fraction_closed),
-            "train_test_gap_tuned_minus_untuned": _iv(s.overfit_change), "verdict": s.verdict,
+    return {"tuned": arm(s.tuned), "untuned": arm(s.untuned), "gap_to_bn_before": iv_dict(s.gap_before),
+            "gap_to_bn_after": iv_dict(s.gap_after), "fraction_closed": iv_dict(s.fraction_closed),
+            "train_test_gap_tuned_minus_untuned": iv_dict(s.overfit_change), "verdict": s.verdict,
             "importances": s.importances, "importance_note": s.importance_note, "best_values": s.best_values}
 
 
@@ -214,8 +210,9 @@ def claim_of(schemes: Mapping[str, SchemeRegularization]) -> Claim:
     judged = [s for s in schemes.values() if s.verdict is not None]
     if not judged:
         return Claim(CLAIM_ID, TEXT, NOT_MEASURED, "No WN-family scheme has finished re-runs of both arms.")
-    evidence: dict[str, Any] = {s.name: {"gap_to_bn_before": _iv(s.gap_before), "gap_to_bn_after": _iv(s.gap_after),
-                                         "fraction_closed": _iv(s.fraction_closed), "verdict": s.verdict,
+    evidence: dict[str, Any] = {s.name: {"gap_to_bn_before": iv_dict(s.gap_before),
+                                         "gap_to_bn_after": iv_dict(s.gap_after),
+                                         "fraction_closed": iv_dict(s.fraction_closed), "verdict": s.verdict,
                                          "holds": s.verdict == CONFIRMED} for s in judged}
     bn_t, bn_u = bn.tuned.test_top1.mean, bn.untuned.test_top1.mean
     evidence["bn"] = {"test_top1_tuned": bn_t, "test_top1_untuned": bn_u}

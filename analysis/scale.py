@@ -40,7 +40,7 @@ import numpy as np
 from analysis import intervals, power_law
 from analysis.claims import NOT_MEASURED, PAPER, WN_FAMILY, Claim
 from analysis.collect import StudyData, TrialData, num_classes, scheme_order
-from analysis.intervals import LEVEL, Interval
+from analysis.intervals import LEVEL, Interval, iv_dict
 from analysis.power_law import PowerLaw
 from analysis.sensitivity import Sensitivity, loss_points, sensitivity
 from analysis.summarize import ConfigGroup, best_config, group_configs
@@ -157,11 +157,6 @@ def _family_verdict(laws: Mapping[str, PowerLaw]) -> tuple[str, str, dict[str, A
     reason = ("; ".join(parts) + ". lr* = a·depth^b per scheme; 95% bootstrap intervals over seeds and bracket ends "
               "(docs/report.md).")
     return intervals.combine(verdicts), reason, evidence
-
-
-def iv_dict(iv: Interval | None) -> dict[str, Any] | None:
-    """An interval as report.json writes it (None stays None)."""
-    return None if iv is None else iv.as_dict()
 
 
 def evaluate(study: StudyData, claim_id: int) -> ScaleResult | None:

@@ -15,8 +15,9 @@ from analysis.claims import PAPER, Claim
 from analysis.collect import StudyData
 from analysis.document import sensitivity_data
 from analysis.formatting import image_blocks, pct
+from analysis.intervals import iv_dict
 from analysis.render import Section, Table
-from analysis.scale import TARGET_DEPTH, ScaleResult, evaluate, iv_dict, ratio_to_bn
+from analysis.scale import TARGET_DEPTH, ScaleResult, evaluate, ratio_to_bn
 from analysis.scale_plot import plot_scale
 
 PLOT = "scale.png"

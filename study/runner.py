@@ -24,6 +24,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
+from analysis.collect import search_all
 from study import provenance, reruns
 from study import spec as spec_mod
 from study.boundary_search import BoundarySearch
@@ -329,15 +330,8 @@ def _profile_scheme(tracker: StudyTracker, run_id: str, spec: StudySpec, scheme:
 def _delete_study(spec: StudySpec, root: Path) -> None:
     tracker = StudyTracker(spec.tracking.tracking_uri, spec.tracking.experiment)
     flt = f"tags.`{STUDY}` = '{spec.tracking.study_name}'"
-    ids, token = [], None
-    while True:  # every page first (MLflow caps a page at 50,000), then delete: deleting shifts the pages
-        page = tracker.client.search_runs([tracker.experiment_id], flt, max_results=1000, page_token=token)
-        ids += [run.info.run_id for run in page]
-        token = page.token
-        if not token:
-            break
-    for run_id in ids:
-        tracker.client.delete_run(run_id)
+    for run in search_all(tracker.client, [tracker.experiment_id], flt):  # every page read before any delete
+        tracker.client.delete_run(run.info.run_id)
     shutil.rmtree(root, ignore_errors=True)
 
 
