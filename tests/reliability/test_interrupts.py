@@ -95,6 +95,8 @@ def _signal_when(proc: subprocess.Popen, starts: str, sig: int, timeout: float =
 def _runs(cwd: Path, study: str, view: int = ViewType.ACTIVE_ONLY) -> dict[str, list]:
     client = MlflowClient(tracking_uri=f"sqlite:///{cwd}/mlruns.db")
     exp = client.get_experiment_by_name("normstudy")
+    if exp is None:  # polled while the study is still creating its store: no run yet
+        return {}
     runs = client.search_runs([exp.experiment_id], f"tags.`{STUDY}` = '{study}'", run_view_type=view,
                               max_results=1000)
     by_role: dict[str, list] = {}
